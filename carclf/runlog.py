@@ -1,0 +1,111 @@
+"""Logging to ``logs/`` and the stage timer behind the report's "Execution time" table."""
+
+import csv
+import logging
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+TIMING_COLUMNS = ["stage", "group", "wall_min", "cpu_min", "started", "status"]
+
+
+def setup_logging(log_dir="logs", level=logging.INFO, filename="carclf.log"):
+    """Send the ``carclf`` loggers to ``log_dir/filename`` and to the console.
+
+    Safe to call again (a notebook cell re-run): handlers are replaced, not
+    stacked, so each message is written once.
+    """
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("carclf")
+    logger.setLevel(level)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_carclf", False):
+            logger.removeHandler(handler)
+            handler.close()
+    formatter = logging.Formatter(LOG_FORMAT)
+    for handler in (logging.FileHandler(log_dir / filename), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(formatter)
+        handler._carclf = True
+        logger.addHandler(handler)
+    # The root logger may have its own handlers (Jupyter, pytest): don't print twice.
+    logger.propagate = False
+    return logger
+
+
+def _cpu_seconds():
+    # Worker processes count too: the report's CPU column covered the whole job.
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class StageTimer:
+    """Records wall and CPU minutes per stage, appended to a CSV under ``logs/``.
+
+    The CSV survives a crash, so the table covers every stage ever run; a stage
+    that raised is recorded with ``status="failed"``. Use ``table()`` for the
+    report's layout: one row per stage, one column pair per group (e.g.
+    "default" and "optimal" hyperparameters).
+    """
+
+    def __init__(self, path="logs/timings.csv"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = logging.getLogger("carclf.timer")
+
+    @contextmanager
+    def stage(self, name, group="default"):
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+        status = "failed"
+        try:
+            yield
+            status = "ok"
+        finally:
+            row = {
+                "stage": name,
+                "group": group,
+                "wall_min": round((time.perf_counter() - wall0) / 60, 4),
+                "cpu_min": round((_cpu_seconds() - cpu0) / 60, 4),
+                "started": started,
+                "status": status,
+            }
+            self._append(row)
+            self._log.info("stage %s (%s): %.2f min wall, %.2f min CPU, %s",
+                           name, group, row["wall_min"], row["cpu_min"], status)
+
+    def _append(self, row):
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=TIMING_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+            fh.flush()
+
+    def records(self):
+        """Every recorded run of every stage, oldest first."""
+        if not self.path.exists():
+            return pd.DataFrame(columns=TIMING_COLUMNS)
+        return pd.read_csv(self.path)
+
+    def table(self):
+        """The latest successful timing of each stage, stages as rows and groups as columns."""
+        records = self.records()
+        records = records[records["status"] == "ok"]
+        if records.empty:
+            return pd.DataFrame()
+        latest = records.groupby(["stage", "group"], sort=False).tail(1)
+        table = latest.pivot(index="stage", columns="group", values=["wall_min", "cpu_min"])
+        table = table.swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+        table = table.reindex(latest["stage"].drop_duplicates())
+        totals = table.sum(numeric_only=True) / 60
+        table.loc["Total (hours)"] = totals
+        return table
