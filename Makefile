@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` runs the main job, `make test` runs the tests.
+# Each creates (or reuses) the virtual environment in $(VENV) and installs requirements.txt.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.carclf-installed
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test bench install clean-results
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m carclf demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/input_pipeline.py
+
+# Removes generated results (datasets, caches, models, logs); keeps the folders.
+clean-results:
+	find data pickles models logs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
