@@ -147,10 +147,10 @@ class DecodedSplit:
             return np.arange(len(self))
         return np.random.default_rng([int(seed), int(epoch)]).permutation(len(self))
 
-    def read(self, indices) -> np.ndarray:
-        """float32 images at ``indices`` (in that order), read in sorted order."""
+    def read(self, indices, dtype=np.float32) -> np.ndarray:
+        """Images at ``indices`` (in that order) as ``dtype``, read in sorted order."""
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), *self.images.shape[1:]), dtype=np.float32)
+        out = np.empty((len(indices), *self.images.shape[1:]), dtype=dtype)
         if len(indices) and np.all(indices[1:] == indices[:-1] + 1):
             out[...] = self.images[indices[0] : indices[-1] + 1]  # one contiguous slice
             return out
