@@ -18,6 +18,7 @@ This module must not import TensorFlow or Keras: it runs in worker processes.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -500,6 +501,26 @@ def load_stanford_cars(root, strict: bool = False, check_images: bool = False) -
                              "(they stay listed in frame.attrs['report']).")
     frame.attrs["report"] = report
     return frame
+
+
+def dataset_fingerprint(root) -> dict:
+    """What a cached scan of ``root`` depends on: the layout, the content of its
+    name and annotation files (small) and the mtime of its image folders (which
+    changes when files are added or removed). Cheap: no image is opened.
+    """
+    path = _root(root)
+    layout = detect_layout(path)
+    if layout == CLASS_FOLDER:
+        files = [path / "names.csv"] + [path / f"anno_{s}.csv" for s in SPLITS]
+    else:
+        files = [path / "devkit" / "cars_meta.mat", path / "devkit" / "cars_train_annos.mat", _test_mat(path)]
+    folders = []
+    for split in SPLITS:
+        top = _image_dir(path, layout, split)
+        folders += [top] + sorted(p for p in top.iterdir() if p.is_dir())
+    stamp = {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.exists()}
+    stamp.update({str(p.relative_to(path)) + "/": p.stat().st_mtime_ns for p in folders})
+    return {"root": str(path), "layout": layout, "files": stamp}
 
 
 def labels(frame: pd.DataFrame, num_classes: int | None = None):

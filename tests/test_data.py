@@ -11,6 +11,7 @@ from carclf.data import (
     DatasetError,
     ValidationReport,
     class_names,
+    dataset_fingerprint,
     detect_layout,
     folder_name,
     labels,
@@ -279,3 +280,20 @@ def test_split_without_usable_images(devkit):
         image.unlink()
     with pytest.raises(DatasetError, match="no usable test images"):
         load_stanford_cars(devkit)
+
+
+@pytest.mark.parametrize("layout", ["class-folder", "devkit"])
+def test_fingerprint_follows_the_dataset_not_a_rewrite(pristine, tmp_path, layout):
+    root = shutil.copytree(pristine[layout], tmp_path / layout)
+    before = dataset_fingerprint(root)
+    make_synthetic(root, layout=layout, **SMALL)  # resuming rewrites identical annotation files
+    assert dataset_fingerprint(root) == before
+
+    first_image = load_stanford_cars(root)["path"].iloc[0]
+    shutil.copy(first_image, Path(first_image).with_name("extra.jpg"))
+    assert dataset_fingerprint(root) != before  # a new image on disk changes what a scan would find
+
+    added = dataset_fingerprint(root)
+    annotations = root / ("anno_train.csv" if layout == "class-folder" else "devkit/cars_train_annos.mat")
+    annotations.write_bytes(annotations.read_bytes()[:-3])
+    assert dataset_fingerprint(root) != added
