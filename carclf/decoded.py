@@ -333,7 +333,8 @@ def build_decoded_cache(
     _check_frame(frame)
 
     splits = _ordered_splits(frame)
-    num_classes = int(frame["class_id"].max()) + 1
+    # The full class list when the frame carries it: a class with no images still gets its column.
+    num_classes = len(frame.attrs.get("class_names") or ()) or int(frame["class_id"].max()) + 1
     config = {
         "version": DECODE_VERSION,
         "image_size": list(image_size),
