@@ -59,7 +59,7 @@ PROFILES = {
     "demo": {
         "dataset": "synthetic",
         "synthetic": {"n_classes": 10, "per_class_train": 24, "per_class_test": 12, "seed": 0},
-        "image_size": (64, 64),
+        "image_size": (80, 80),  # InceptionV3 needs 75, AlexNet 67
         "crop": "box",
         "margin": 0.08,
     },
