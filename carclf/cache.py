@@ -78,13 +78,18 @@ def _temp_beside(path: Path):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode: str = "wb"):
+def atomic_open(path, mode: str = "wb", durable: bool = True):
     """Open a temp file beside ``path``; on a clean exit it replaces ``path``.
 
-    The file is flushed and fsynced before ``os.replace``, so readers see
-    either the old file or the whole new one. If the body raises, the temp file
-    is removed and ``path`` is left untouched. (A SIGKILL can leave a
-    ``.<name>.*.tmp`` file behind; it is never mistaken for a result.)
+    Readers see either the old file or the whole new one: the rename is atomic.
+    If the body raises, the temp file is removed and ``path`` is left
+    untouched. (A SIGKILL can leave a ``.<name>.*.tmp`` file behind; it is
+    never mistaken for a result.)
+
+    ``durable=True`` also fsyncs the file and its folder, so the result
+    survives a power cut, not just a killed process. Writers of many small
+    files (augmented images) pass ``durable=False`` and sync once per batch of
+    files instead: a per-file fsync costs more than the work.
     """
     if "w" not in mode:
         raise ValueError(f"atomic_open writes only, got mode {mode!r}")
@@ -95,18 +100,20 @@ def atomic_open(path, mode: str = "wb"):
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
-def atomic_write(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that a crash never leaves a partial file."""
-    with atomic_open(path, "wb") as handle:
+def atomic_write(path, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` so that a crash never leaves a partial file (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb", durable=durable) as handle:
         handle.write(data)
     return Path(path)
 
