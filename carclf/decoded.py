@@ -115,6 +115,16 @@ def decode_image(path, box=None, image_size=(224, 224), crop="box", margin=0.08)
 # --------------------------------------------------------------------------- #
 
 
+def epoch_order(n, shuffle=True, seed=0, epoch=0) -> np.ndarray:
+    """The row order of one epoch: a permutation from Generator((seed, epoch)), or 0..n-1 unshuffled.
+
+    Derived from (seed, epoch) alone, so a resumed run replays the order it would have had.
+    """
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
 class DecodedSplit:
     """One split of the decoded cache: read-only uint8 images and their labels."""
 
@@ -142,10 +152,8 @@ class DecodedSplit:
         return np.eye(self.num_classes, dtype=dtype)[self.class_ids]
 
     def order(self, shuffle=True, seed=0, epoch=0) -> np.ndarray:
-        """The row order of one epoch: a permutation from Generator((seed, epoch))."""
-        if not shuffle:
-            return np.arange(len(self))
-        return np.random.default_rng([int(seed), int(epoch)]).permutation(len(self))
+        """The row order of one epoch (see :func:`epoch_order`)."""
+        return epoch_order(len(self), shuffle, seed, epoch)
 
     def read(self, indices, dtype=np.float32) -> np.ndarray:
         """Images at ``indices`` (in that order) as ``dtype``, read in sorted order."""
@@ -411,4 +419,7 @@ def open_decoded(cache: StageCache, key: str) -> dict[str, DecodedSplit]:
     }
 
 
-__all__ = ["DecodedSplit", "STAGE", "build_decoded_cache", "crop_window", "decode_image", "frame_fingerprint", "open_decoded"]
+__all__ = [
+    "DecodedSplit", "STAGE", "build_decoded_cache", "crop_window", "decode_image", "epoch_order", "frame_fingerprint",
+    "open_decoded",
+]
