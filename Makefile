@@ -1,10 +1,12 @@
 # Two commands do all the set-up: `make demo` runs the main job, `make test` runs the tests.
-# Each creates (or reuses) the virtual environment in $(VENV) and installs requirements.txt.
+# Each creates (or reuses) the virtual environment in $(VENV) and installs requirements.txt
+# (`make test` adds requirements-dev.txt: pytest and JAX for the backend checks).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.carclf-installed
+DEV_STAMP := $(VENV)/.carclf-dev-installed
 PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -18,12 +20,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --no-deps -e .
 	@touch $(STAMP)
 
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install -r requirements-dev.txt
+	@touch $(DEV_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m carclf demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
