@@ -1,0 +1,171 @@
+"""Testing a trained model (workflow step 13): metrics, classification report, confusions.
+
+``evaluate_model(model, test_generator, class_names)`` predicts the test set
+once and derives everything from those predictions:
+
+- ``metrics``: the report's metrics (``carclf.metrics``) and the loss, on the
+  whole test set;
+- scikit-learn's classification report (per class precision, recall, F1 and
+  support; macro and weighted averages), as a dict and as text;
+- the confusion matrix (rows: true class, columns: predicted);
+- the accuracy of each class (a Series indexed by class name);
+- the most-confused class pairs, with their names;
+- ``comparison_row(model_name, hyperparams_label)``: one row of the
+  default-against-optimal comparison table (``carclf.report.plot_comparison``).
+
+The generator must give its batches in a fixed order (the test generator is
+not shuffled): the labels are read in the same order as the predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.metrics import classification_report, confusion_matrix
+
+from carclf.metrics import report_metrics
+
+__all__ = ["EvaluationResult", "comparison_table", "evaluate_model", "evaluate_predictions"]
+
+
+@dataclass
+class EvaluationResult:
+    """Predictions of one model on the test set and what follows from them (picklable)."""
+
+    class_names: list
+    y_true: np.ndarray  # (N,) int class ids
+    probabilities: np.ndarray  # (N, num_classes) float32
+    metrics: dict  # loss and the report's metrics
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.probabilities.shape[1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.arange(self.num_classes)
+
+    @property
+    def classification_report(self) -> dict:
+        """scikit-learn's report as a dict (class names as keys; classes without test images included)."""
+        return classification_report(self.y_true, self.y_pred, labels=self.labels, target_names=self.class_names,
+                                     output_dict=True, zero_division=0)
+
+    @property
+    def classification_report_text(self) -> str:
+        return classification_report(self.y_true, self.y_pred, labels=self.labels, target_names=self.class_names,
+                                     digits=3, zero_division=0)
+
+    @property
+    def confusion_matrix(self) -> np.ndarray:
+        """``(num_classes, num_classes)`` counts: row = true class, column = predicted class."""
+        return confusion_matrix(self.y_true, self.y_pred, labels=self.labels)
+
+    @property
+    def per_class_accuracy(self) -> pd.Series:
+        """Share of each class's test images predicted correctly (NaN for a class without any)."""
+        cm = self.confusion_matrix
+        totals = cm.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            acc = np.where(totals > 0, np.diag(cm) / np.maximum(totals, 1), np.nan)
+        return pd.Series(acc, index=pd.Index(self.class_names, name="class"), name="accuracy")
+
+    def most_confused(self, n: int = 10) -> pd.DataFrame:
+        """The ``n`` (true, predicted) pairs of different classes seen most often.
+
+        Columns: ``true_class``, ``predicted_class`` (names), ``count``,
+        ``share`` (of the true class's test images), ``true_id``,
+        ``predicted_id``. Pairs never confused are left out.
+        """
+        cm = self.confusion_matrix.copy()
+        np.fill_diagonal(cm, 0)
+        totals = np.bincount(self.y_true, minlength=self.num_classes)
+        true_ids, pred_ids = np.nonzero(cm)
+        counts = cm[true_ids, pred_ids]
+        order = np.lexsort((pred_ids, true_ids, -counts))[:n]
+        names = np.asarray(self.class_names, dtype=object)
+        return pd.DataFrame({
+            "true_class": names[true_ids[order]],
+            "predicted_class": names[pred_ids[order]],
+            "count": counts[order].astype(int),
+            "share": counts[order] / np.maximum(totals[true_ids[order]], 1),
+            "true_id": true_ids[order],
+            "predicted_id": pred_ids[order],
+        })
+
+    def comparison_row(self, model_name: str, hyperparams_label: str = "default") -> dict:
+        """One row of the model comparison table: the test metrics and the macro averages."""
+        report = self.classification_report
+        macro = report.get("macro avg", {})
+        return {
+            "model": model_name,
+            "hyperparams": hyperparams_label,
+            **{k: float(v) for k, v in self.metrics.items()},
+            "macro_precision": float(macro.get("precision", np.nan)),
+            "macro_recall": float(macro.get("recall", np.nan)),
+            "macro_f1": float(macro.get("f1-score", np.nan)),
+            "n_test": int(len(self.y_true)),
+        }
+
+
+def comparison_table(rows) -> pd.DataFrame:
+    """The rows of :meth:`EvaluationResult.comparison_row` as a table indexed by (model, hyperparams)."""
+    return pd.DataFrame(list(rows)).set_index(["model", "hyperparams"])
+
+
+def evaluate_predictions(y_true, probabilities, class_names=None) -> EvaluationResult:
+    """An :class:`EvaluationResult` from labels (ids or one-hot) and predicted probabilities."""
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    y_true = np.asarray(y_true)
+    if y_true.ndim == 2:
+        y_true = y_true.argmax(axis=1)
+    y_true = y_true.astype(np.int64)
+    num_classes = probabilities.shape[1]
+    if len(y_true) != len(probabilities):
+        raise ValueError(f"{len(y_true)} labels but {len(probabilities)} predictions")
+    if class_names is None:
+        class_names = [str(i) for i in range(num_classes)]
+    class_names = list(class_names)
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {num_classes} outputs")
+    onehot = np.eye(num_classes, dtype=np.float32)[y_true]
+    metrics = {"loss": float(np.mean(keras.ops.convert_to_numpy(
+        keras.losses.categorical_crossentropy(onehot, probabilities))))}
+    for metric in report_metrics():
+        metric.update_state(onehot, probabilities)
+        metrics[metric.name] = float(keras.ops.convert_to_numpy(metric.result()))
+    return EvaluationResult(class_names, y_true, probabilities, metrics)
+
+
+def _labels_in_order(generator) -> np.ndarray:
+    """The class ids of every batch, in order, without reading images where possible."""
+    split = getattr(generator, "split", None)
+    if split is not None and hasattr(generator, "batch_indices") and getattr(generator, "mix", None) is None:
+        return np.concatenate([split.class_ids[generator.batch_indices(i)] for i in range(len(generator))])
+    return np.concatenate([np.asarray(generator[i][1]).argmax(axis=1) for i in range(len(generator))])
+
+
+def evaluate_model(model, test_generator, class_names=None, verbose=0) -> EvaluationResult:
+    """Predict ``test_generator`` with ``model`` and evaluate (see the module docstring).
+
+    Raises ``ValueError`` for a shuffled generator: its order would change
+    between reading the labels and predicting.
+    """
+    if getattr(test_generator, "shuffle", False):
+        raise ValueError("evaluate_model needs an unshuffled generator (shuffle=False): the order of the "
+                         "predictions must match the order of the labels")
+    probabilities = model.predict(test_generator, verbose=verbose)
+    y_true = _labels_in_order(test_generator)
+    if len(y_true) != len(probabilities):
+        raise ValueError(f"the generator gave {len(probabilities)} predictions for {len(y_true)} labels")
+    if class_names is None:
+        split = getattr(test_generator, "split", None)
+        class_names = getattr(split, "class_names", None)
+    return evaluate_predictions(y_true, probabilities, class_names)

@@ -1,0 +1,244 @@
+"""The report's plots and tables (workflow step 15): training curves, model comparison, timings.
+
+Every ``plot_*`` function returns a ``matplotlib.figure.Figure`` built without
+pyplot, so it shows once when it is a notebook cell's value (and never
+twice), and it holds no global state; with a path it is also written as PNG,
+atomically (``carclf.cache.atomic_write``).
+
+- :func:`plot_history`: accuracy, loss, precision, recall, AUC and top-3
+  accuracy, train against validation, for one model (the report's
+  ``plot_train_results``).
+- :func:`plot_comparison`: the models side by side, default against optimal
+  hyperparameters, for accuracy, top-3 accuracy, precision, recall and AUC
+  (from ``carclf.evaluate`` comparison rows or ``TrainResult.test_metrics``).
+- :func:`plot_confusion`: a confusion matrix as a heat map.
+- :func:`timing_table` and :func:`plot_timings`: the "Execution time" table,
+  wall and CPU minutes per stage and per model, from
+  ``carclf.runlog.StageTimer``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from carclf.cache import atomic_write
+
+__all__ = [
+    "COMPARISON_METRICS",
+    "HISTORY_PANELS",
+    "comparison_frame",
+    "plot_comparison",
+    "plot_confusion",
+    "plot_history",
+    "plot_timings",
+    "save_figure",
+    "timing_table",
+]
+
+#: The panels of :func:`plot_history`: (history key, title).
+HISTORY_PANELS = (
+    ("accuracy", "Accuracy"),
+    ("loss", "Loss"),
+    ("precision", "Precision"),
+    ("recall", "Recall"),
+    ("auc", "AUC"),
+    ("top3_accuracy", "Top-3 accuracy"),
+)
+
+#: The metrics of :func:`plot_comparison`.
+COMPARISON_METRICS = ("accuracy", "top3_accuracy", "precision", "recall", "auc")
+
+
+def save_figure(fig: Figure, path, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically; return the path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return atomic_write(Path(path), buffer.getvalue())
+
+
+def _history_dict(history) -> dict:
+    if hasattr(history, "history") and isinstance(history.history, dict):  # keras History, TrainResult
+        history = history.history
+    if isinstance(history, pd.DataFrame):
+        return {c: history[c].tolist() for c in history.columns}
+    return dict(history)
+
+
+def plot_history(history, model_name: str, out_dir=None, out_path=None, panels=HISTORY_PANELS) -> Figure:
+    """Training curves of one model: a 2x3 grid, train against validation per metric.
+
+    ``history`` is a ``{metric: [values per epoch]}`` dict (``TrainResult.history``,
+    ``keras.callbacks.History.history``), a History, a TrainResult or a
+    DataFrame. A panel whose metric is missing says so. Saved as
+    ``out_dir/<model_name>_history.png`` or ``out_path`` when given.
+    """
+    hist = _history_dict(history)
+    n_epochs = max((len(v) for v in hist.values()), default=0)
+    epochs = np.arange(1, n_epochs + 1)
+    rows = math.ceil(len(panels) / 3)
+    fig = Figure(figsize=(15, 4.2 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, 3)).ravel()
+    for ax, (key, title) in zip(axes, panels):
+        plotted = False
+        for prefix, label, style in (("", "train", "-o"), ("val_", "validation", "-s")):
+            values = hist.get(prefix + key)
+            if values is None or not len(values):
+                continue
+            ax.plot(epochs[: len(values)], np.asarray(values, dtype=float), style, markersize=3, label=label)
+            plotted = True
+        if "phase" in hist and plotted:
+            phase = np.asarray(hist["phase"], dtype=float)
+            for boundary in np.flatnonzero(np.diff(phase)) + 1.5:
+                ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if plotted:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no '{key}' in the history", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{model_name}: training and validation")
+    if out_path is None and out_dir is not None:
+        out_path = Path(out_dir) / f"{model_name}_history.png"
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
+
+
+def comparison_frame(table) -> pd.DataFrame:
+    """The comparison table as a DataFrame with ``model`` and ``hyperparams`` columns.
+
+    Accepts a DataFrame or a list of dicts (``EvaluationResult.comparison_row``
+    rows, or ``{"model": ..., "hyperparams": ..., **test_metrics}``). A
+    missing ``hyperparams`` column is filled with ``"default"``.
+    """
+    frame = table.copy() if isinstance(table, pd.DataFrame) else pd.DataFrame(list(table))
+    if "model" not in frame.columns:
+        frame = frame.reset_index().rename(columns={"index": "model"})
+    if "hyperparams" not in frame.columns:
+        frame["hyperparams"] = "default"
+    return frame
+
+
+def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=None) -> Figure:
+    """All models side by side: one panel per metric, grouped bars per hyperparameter set.
+
+    ``table`` has a row per (model, hyperparams label), e.g. "default" and
+    "optimal"; see :func:`comparison_frame`. ``models`` fixes the order
+    (default: as they first appear).
+    """
+    frame = comparison_frame(table)
+    metrics = [m for m in metrics if m in frame.columns]
+    if not metrics:
+        raise ValueError(f"the table has none of the metrics {list(COMPARISON_METRICS)}: {list(frame.columns)}")
+    models = list(models) if models is not None else list(dict.fromkeys(frame["model"]))
+    labels = list(dict.fromkeys(frame["hyperparams"]))
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = Figure(figsize=(6 * cols, 4.2 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    x = np.arange(len(models))
+    width = 0.8 / max(1, len(labels))
+    for ax, metric in zip(axes, metrics):
+        for i, label in enumerate(labels):
+            part = frame[frame["hyperparams"] == label].drop_duplicates("model", keep="last").set_index("model")
+            values = [float(part[metric].get(m, np.nan)) if m in part.index else np.nan for m in models]
+            bars = ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, label=str(label))
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        ax.set_title(metric.replace("_", " "))
+        ax.set_xticks(x, models, rotation=30, ha="right")
+        ax.set_ylim(0, 1.08)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle("Models on the test set: default against optimal hyperparameters")
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
+
+
+def plot_confusion(cm, class_names=None, normalize: bool = True, out_path=None, title=None,
+                   max_labels: int = 40) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted) as a heat map.
+
+    ``normalize`` divides each row by its count (per-class recall on the
+    diagonal). Class names label the axes when there are at most
+    ``max_labels`` classes (196 names would be unreadable).
+    """
+    cm = np.asarray(cm, dtype=float)
+    n = cm.shape[0]
+    if normalize:
+        totals = cm.sum(axis=1, keepdims=True)
+        cm = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+    size = min(16, max(5, n * 0.35))
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class" if normalize else "count")
+    if class_names is not None and n <= max_labels:
+        ax.set_xticks(np.arange(n), list(class_names), rotation=90, fontsize=7)
+        ax.set_yticks(np.arange(n), list(class_names), fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or ("Confusion matrix (row-normalised)" if normalize else "Confusion matrix"))
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
+
+
+def timing_table(timer) -> pd.DataFrame:
+    """The report's "Execution time" table from a ``StageTimer`` (or its ``table()``).
+
+    Rows: stages (data augmentation, hyperparameter search, each model) and
+    ``Total (hours)``; columns: ``(group, "wall_min" | "cpu_min")``, e.g.
+    ``("default", "wall_min")``. Minutes, except the total row in hours.
+    """
+    table = timer.table() if hasattr(timer, "table") else timer
+    return table.copy()
+
+
+def plot_timings(timer_or_table, out_path=None) -> Figure:
+    """Wall and CPU minutes per stage, one bar group per hyperparameter group.
+
+    The ``Total (hours)`` row is left out of the bars and shown in the title.
+    """
+    table = timing_table(timer_or_table)
+    if table.empty:
+        raise ValueError("no timings recorded yet")
+    total = table.loc["Total (hours)"] if "Total (hours)" in table.index else None
+    table = table.drop(index="Total (hours)", errors="ignore")
+    groups = list(dict.fromkeys(table.columns.get_level_values(0)))
+    stages = list(table.index)
+    fig = Figure(figsize=(max(8, 1.1 * len(stages) + 3), 5), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(stages))
+    series = [(g, kind) for g in groups for kind in ("wall_min", "cpu_min") if (g, kind) in table.columns]
+    width = 0.8 / max(1, len(series))
+    for i, (group, kind) in enumerate(series):
+        values = table[(group, kind)].astype(float).to_numpy()
+        label = f"{group}: {'wall' if kind == 'wall_min' else 'CPU'}"
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label,
+               hatch="//" if kind == "cpu_min" else None)
+    ax.set_xticks(x, stages, rotation=30, ha="right")
+    ax.set_ylabel("minutes")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    title = "Execution time per stage"
+    if total is not None:
+        parts = [f"{g} {float(total[(g, 'wall_min')]):.2f} h wall / {float(total[(g, 'cpu_min')]):.2f} h CPU"
+                 for g in groups if (g, "wall_min") in total.index and (g, "cpu_min") in total.index]
+        if parts:
+            title += " (total: " + "; ".join(parts) + ")"
+    ax.set_title(title)
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig

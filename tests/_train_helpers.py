@@ -1,0 +1,80 @@
+"""The training run that tests/test_train.py kills in a subprocess and resumes.
+
+    python tests/_train_helpers.py PICKLES DECODED_KEY HOME KILL_EPOCH KILL_BATCH
+
+runs :func:`plateau_run` and SIGKILLs itself at batch KILL_BATCH of epoch
+KILL_EPOCH (0-based), i.e. mid-epoch, after the previous epochs' state was
+saved. Not a test module (pytest collects ``test_*.py`` only).
+"""
+
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+#: A run in which val_loss never "improves" after the first epoch (min_delta is
+#: huge), so EarlyStopping (patience 5) stops after epoch 6 and
+#: ReduceLROnPlateau (patience 2) cuts the learning rate after epochs 3 and 5:
+#: both depend only on their counters, which a resume must carry over. The
+#: learning rate also decays (``decay``) with the optimizer's iterations.
+PLATEAU = {
+    "hyperparams": {"learning_rate": 1e-3, "dropout": 0.2, "decay": 0.01},
+    "epochs": 10,
+    "accum_steps": 1,
+    "callbacks_config": {"early_stopping": {"min_delta": 10.0}, "reduce_lr": {"min_delta": 10.0}},
+    "batch_size": 32,
+    "seed": 0,
+}
+EXPECTED_EPOCHS = 6
+EXPECTED_LR_FACTORS = [1, 1, 1, 0.2, 0.2, 0.04]
+
+
+def generators(decoded):
+    from carclf.generators import ImageBatches
+
+    train = ImageBatches(decoded["train"], PLATEAU["batch_size"], shuffle=True, seed=PLATEAU["seed"])
+    test = ImageBatches(decoded["test"], 64, shuffle=False)
+    return train, test
+
+
+def plateau_run(decoded, home, extra_callbacks=()):
+    """Train model1 on the 32x32 synthetic set under ``home`` (a carclf Paths root)."""
+    from carclf.config import Paths
+    from carclf.models import create_model1_model
+    from carclf.train import run_model_pipeline
+
+    train, test = generators(decoded)
+    return run_model_pipeline(
+        create_model1_model, "model1", PLATEAU["hyperparams"], (32, 32, 3), decoded["train"].num_classes,
+        train, test, PLATEAU["epochs"], PLATEAU["accum_steps"],
+        paths=Paths.default(home), callbacks_config=PLATEAU["callbacks_config"], seed=PLATEAU["seed"],
+        verbose=0, plot=False, extra_callbacks=extra_callbacks,
+    )
+
+
+def kill_at(epoch, batch):
+    import keras
+
+    class KillMidEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self.epoch == epoch and b == batch:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillMidEpoch()
+
+
+def main(pickles, decoded_key, home, kill_epoch, kill_batch):
+    from carclf.cache import StageCache
+    from carclf.decoded import open_decoded
+
+    decoded = open_decoded(StageCache(pickles), decoded_key)
+    plateau_run(decoded, home, extra_callbacks=[kill_at(int(kill_epoch), int(kill_batch))])
+    raise SystemExit("the run finished without being killed")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])
