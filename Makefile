@@ -29,11 +29,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m carclf demo
 
+# Everything on TensorFlow, then the backend-portable tests again on JAX.
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backend $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/input_pipeline.py
+	$(PY) bench/augment.py
+	$(PY) bench/train_speed.py --tiny
 
 # Removes generated results (datasets, caches, models, logs); keeps the folders.
 clean-results:

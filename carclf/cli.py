@@ -25,9 +25,30 @@ def _prepare(args):
     return 0
 
 
+def _run(args):
+    from papermill.exceptions import PapermillExecutionError
+
+    from carclf import workflow
+    from carclf.config import PROFILES, Paths
+    from carclf.data import detect_layout
+
+    if PROFILES[args.profile]["dataset"] != "synthetic":
+        # Fail before starting a kernel, with the data layer's message on what the folder should hold.
+        detect_layout(args.dataset or Paths.default(args.root).root / PROFILES[args.profile]["dataset"])
+    try:
+        executed, html = workflow.run_notebook(args.profile, root=args.root, dataset=args.dataset)
+    except PapermillExecutionError as exc:
+        print(f"carclf: the notebook stopped in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+              f"The executed notebook, with the traceback, is in {Paths.default(args.root).reports}; "
+              "fix the cause and run again: finished stages load from the cache.", file=sys.stderr)
+        return 1
+    print(f"executed notebook: {executed}\nHTML copy: {html}")
+    return 0
+
+
 def _demo(args):
-    args.profile, args.dataset, args.image_size = "demo", None, None
-    return _prepare(args)
+    args.profile, args.dataset = "demo", None
+    return _run(args)
 
 
 def build_parser():
@@ -42,7 +63,12 @@ def build_parser():
     prepare.add_argument("--image-size", type=int, help="square input size in pixels")
     prepare.set_defaults(run=_prepare)
 
-    demo = commands.add_parser("demo", help="everything that exists, end to end, on the synthetic set")
+    run = commands.add_parser("run", help="the notebook headless, end to end; executed copy and HTML in reports/")
+    run.add_argument("--profile", choices=["demo", "full"], default="demo")
+    run.add_argument("--dataset", help="dataset folder for the full profile (default: data/stanford_cars)")
+    run.set_defaults(run=_run)
+
+    demo = commands.add_parser("demo", help="the notebook end to end on the synthetic set (= run --profile demo)")
     demo.set_defaults(run=_demo)
     return parser
 

@@ -414,11 +414,32 @@ def _publish(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
+def _saved_mixed_policy(path):
+    """The mixed dtype policy a ``.keras`` file was saved under, or None."""
+    import json
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        config = archive.read("config.json").decode("utf-8")
+    found = re.search(r'"(mixed_(?:b?float16))"', config)
+    return found.group(1) if found else None
+
+
 def load_model(path, compile: bool = True):
-    """``keras.models.load_model`` with carclf's custom layers and schedule registered."""
+    """``keras.models.load_model`` with carclf's custom layers and schedule registered.
+
+    A model saved under a mixed precision policy is loaded under that policy:
+    under float32, Keras would drop its LossScaleOptimizer and the optimizer
+    state with only a warning.
+    """
+    import contextlib
+
     import carclf.layers  # noqa: F401  (registers the custom layers)
 
-    return keras.models.load_model(path, compile=compile)
+    policy = _saved_mixed_policy(path)
+    with precision_policy(policy) if policy else contextlib.nullcontext():
+        return keras.models.load_model(path, compile=compile)
 
 
 def _history_csv(history: dict) -> bytes:

@@ -1,0 +1,82 @@
+"""bench/train_speed.py at a tiny scale on the CPU: it runs, prints its table, and needs no TensorFlow on JAX."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_speed.py"
+
+#: Run a script with TensorFlow (and TensorBoard) impossible to import, as on the JAX-only GPU machine:
+#: the path finder no longer sees them, so ``import tensorflow`` fails and ``find_spec`` returns None.
+WITHOUT_TENSORFLOW = r"""
+import runpy, sys
+from importlib.machinery import PathFinder
+
+HIDDEN = {"tensorflow", "tensorboard", "tf_keras"}
+
+class NoTensorFlow:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            return None
+        return PathFinder.find_spec(name, path, target)
+
+    @classmethod
+    def invalidate_caches(cls):
+        PathFinder.invalidate_caches()
+
+sys.meta_path[:] = [NoTensorFlow if finder is PathFinder else finder for finder in sys.meta_path]
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+loaded = sorted(name for name in sys.modules if name.partition(".")[0] in HIDDEN)
+assert not loaded, f"imported without TensorFlow installed: {loaded}"
+"""
+
+
+def _run(args, tmp_path, backend=None, prefix=()):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if backend:
+        env["KERAS_BACKEND"] = backend
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, *prefix, str(SCRIPT), "--tiny", "--root", str(tmp_path / "data"), "--json", str(out), *args],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def _check_table(stdout, results, names, backend):
+    assert "| model | backend | device | batch | train images/s | step ms | eval images/s |" in stdout
+    for name in names:
+        row = next(line for line in stdout.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {backend} | CPU, " in row
+    assert "projected full run" in stdout and "the report, same models:" in stdout
+    assert "input pipeline: ImageBatches delivers" in stdout
+    assert results["backend"] == backend and results["policy"] == "float32"
+    assert [row["model"] for row in results["rows"]] == names
+    for row in results["rows"]:
+        assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0 and row["projected_min"] > 0
+        assert row["batch"] == 8 and row["timed_steps"] >= 1
+    assert all(gen["images_per_s"] > 0 for gen in results["generator"].values())
+
+
+def test_train_speed_tiny_prints_its_table(tmp_path):
+    names = ["model1", "vgg16"]
+    stdout, results = _run(["--models", ",".join(names)], tmp_path)
+    _check_table(stdout, results, names, keras.backend.backend())
+    assert results["images"] == 64 and results["size"] == 32  # the smallest size both accept
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed (requirements-dev.txt)")
+def test_train_speed_runs_on_jax_without_tensorflow(tmp_path):
+    """The GPU machine has JAX and no TensorFlow: nothing on the benchmark's path may need it."""
+    stdout, results = _run(["--models", "model1"], tmp_path, backend="jax", prefix=("-c", WITHOUT_TENSORFLOW))
+    _check_table(stdout, results, ["model1"], "jax")
+    assert results["jit_compile"] is True
