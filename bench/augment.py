@@ -32,16 +32,10 @@ import numpy as np
 # Only what the spawned workers need at the top: they import this script again.
 from carclf.augment import _encode, augment_image, build_augmented_set
 from carclf.cache import StageCache, atomic_write
+from carclf.config import usable_cpus
 
 REAL_TRAIN_IMAGES = 8144
 REPORT_MINUTES = 30.645
-
-
-def cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def cpu_seconds():
@@ -121,7 +115,7 @@ def main():
           f"{train_frame['width'].mean():.0f}x{train_frame['height'].mean():.0f} px on average "
           f"(ready in {time.perf_counter() - t0:.1f} s)")
 
-    workers = args.workers or cores()
+    workers = args.workers or usable_cpus()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="carclf-bench-augment-") as scratch:
         t0 = time.perf_counter()
@@ -137,7 +131,7 @@ def main():
         write_one = write_rate(scratch, 1, jpeg_bytes)
         write_many = write_rate(scratch, workers, jpeg_bytes)
 
-    print(f"machine load (1-min load average, {cores()} cores): {load_before:.1f} before the timings, "
+    print(f"machine load (1-min load average, {usable_cpus()} cores): {load_before:.1f} before the timings, "
           f"{os.getloadavg()[0]:.1f} after (other jobs on the machine take cores from the parallel run)")
     print(f"\noffline augmentation of {len(train)} crops x {args.variants} variants = {len(train) * args.variants} "
           f"files, {args.executor} workers (best of {args.repeats}, worker start-up included)")

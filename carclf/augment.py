@@ -56,6 +56,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from carclf.cache import StageCache, atomic_write, canonical, canonical_json, unit_filename  # noqa: E402
+from carclf.config import usable_cpus  # noqa: E402
 from carclf.decoded import DecodedSplit, build_decoded_cache  # noqa: E402
 
 if TYPE_CHECKING:
@@ -438,13 +439,6 @@ def _worker_init():
     cv2.setNumThreads(1)  # the workers use the cores; one OpenCV thread each
 
 
-def _default_workers():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 class _Runner:
     """Runs a chunk's tasks here and on ``workers - 1`` helpers; keeps the progress bar.
 
@@ -635,7 +629,7 @@ def build_augmented_set(
         raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}")
     if int(chunk_size) <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
-    workers = max(1, int(workers or _default_workers()))
+    workers = max(1, int(workers or usable_cpus()))
     declaration = tuple((name, dict(kwargs)) for name, kwargs in _check_declaration(pipeline))
     build_pipeline(declaration)  # fail here, not in a worker, on bad arguments
 

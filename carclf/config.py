@@ -4,6 +4,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+def usable_cpus():
+    """The CPUs this process may run on (a container's or taskset's limit, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 #: The repository root: the folder that holds the ``carclf`` package.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

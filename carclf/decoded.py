@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from carclf.cache import StageCache, load_pickle, unit_filename
+from carclf.config import usable_cpus
 
 log = logging.getLogger("carclf.decoded")
 
@@ -224,13 +225,6 @@ def _create_npy(path: Path, shape) -> None:
     os.replace(tmp, path)
 
 
-def _default_workers():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 class _Builder:
     """Decodes chunks of rows into the writable memmaps; made lazily."""
 
@@ -240,7 +234,7 @@ class _Builder:
         self.image_size = image_size
         self.crop = crop
         self.margin = margin
-        self.workers = max(1, int(workers or _default_workers()))
+        self.workers = max(1, int(workers or usable_cpus()))
         self.progress = progress
         self.total = total
         self.done_rows = done_rows
