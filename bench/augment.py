@@ -100,20 +100,10 @@ def main():
     parser.add_argument("--root", type=Path, default=None, help="where the synthetic set goes (kept between runs)")
     args = parser.parse_args()
 
-    from carclf.config import Paths
-    from carclf.data import load_stanford_cars
+    from _data import bench_train_frame
     from carclf.decoded import build_decoded_cache
-    from carclf.synthetic import make_synthetic
 
-    root = args.root or Paths.default().data / "bench" / f"cars-{args.classes}x{args.per_class}"
-    t0 = time.perf_counter()
-    make_synthetic(root, n_classes=args.classes, per_class_train=args.per_class, per_class_test=1,
-                   size_range=(360, 1000), seed=1, progress=False)
-    frame = load_stanford_cars(root)
-    train_frame = frame[frame["split"] == "train"]
-    print(f"dataset: {len(train_frame)} training JPEGs, {args.classes} classes, "
-          f"{train_frame['width'].mean():.0f}x{train_frame['height'].mean():.0f} px on average "
-          f"(ready in {time.perf_counter() - t0:.1f} s)")
+    train_frame, _ = bench_train_frame(args.classes, args.per_class, args.root)
 
     workers = args.workers or usable_cpus()
     load_before = os.getloadavg()[0]

@@ -23,12 +23,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from _data import bench_train_frame  # noqa: E402
 from carclf.cache import StageCache  # noqa: E402
-from carclf.config import Paths  # noqa: E402
-from carclf.data import load_stanford_cars  # noqa: E402
 from carclf.decoded import build_decoded_cache  # noqa: E402
 from carclf.generators import ImageBatches  # noqa: E402
-from carclf.synthetic import make_synthetic  # noqa: E402
 
 
 def images_per_second(batches, epochs):
@@ -52,15 +50,7 @@ def main():
     parser.add_argument("--root", type=Path, default=None, help="where the synthetic set goes (kept between runs)")
     args = parser.parse_args()
 
-    root = args.root or Paths.default().data / "bench" / f"cars-{args.classes}x{args.per_class}"
-    t0 = time.perf_counter()
-    make_synthetic(root, n_classes=args.classes, per_class_train=args.per_class, per_class_test=1,
-                   size_range=(360, 1000), seed=1, progress=False)
-    frame = load_stanford_cars(root)
-    train = frame[frame["split"] == "train"]
-    print(f"dataset: {len(train)} training JPEGs, {args.classes} classes, "
-          f"{train['width'].mean():.0f}x{train['height'].mean():.0f} px on average "
-          f"(ready in {time.perf_counter() - t0:.1f} s)")
+    train, root = bench_train_frame(args.classes, args.per_class, args.root)
 
     size = (args.size, args.size)
     with tempfile.TemporaryDirectory() as pickles:
