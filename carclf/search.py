@@ -110,6 +110,7 @@ import pandas as pd
 
 from carclf.cache import StageCache, atomic_pickle, atomic_write, canonical, config_hash, load_pickle
 from carclf.config import Paths
+from carclf.decoded import epoch_order
 
 log = logging.getLogger("carclf.search")
 
@@ -361,10 +362,8 @@ class SplitView:
         return self._resize or tuple(self.parent.image_size)
 
     def order(self, shuffle=True, seed=0, epoch=0) -> np.ndarray:
-        """The row order of one epoch, as :meth:`carclf.decoded.DecodedSplit.order`."""
-        if not shuffle:
-            return np.arange(len(self))
-        return np.random.default_rng([int(seed), int(epoch)]).permutation(len(self))
+        """The row order of one epoch (see :func:`carclf.decoded.epoch_order`)."""
+        return epoch_order(len(self), shuffle, seed, epoch)
 
     def read(self, indices, dtype=np.float32) -> np.ndarray:
         """Images at ``indices`` (rows of this view, in that order) as ``dtype``."""
