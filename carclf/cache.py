@@ -47,6 +47,14 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+class NotComputedError(LookupError):
+    """A stage's result is not in the cache and the caller asked not to compute it."""
+
+    def __init__(self, stage: str, key: str, path: Path):
+        super().__init__(f"stage {stage} has no stored result (expected {path})")
+        self.stage, self.key, self.path = stage, key, path
+
+
 # --------------------------------------------------------------------------- #
 # Atomic writes
 # --------------------------------------------------------------------------- #
@@ -255,6 +263,7 @@ class StageCache:
     def __init__(self, root="pickles"):
         self.root = Path(root)
         self.events: list[tuple[str, str, str]] = []
+        self._frozen: tuple[str, ...] = ()
 
     def __repr__(self):
         return f"StageCache({str(self.root)!r})"
@@ -293,6 +302,25 @@ class StageCache:
 
     def exists(self, stage: str, key: str) -> bool:
         return self.path(stage, key).is_file()
+
+    @contextlib.contextmanager
+    def only_cached(self, *stages: str):
+        """Inside the block, the named stages load or raise :class:`NotComputedError`, never compute.
+
+        A name ending in ``-`` covers every stage it starts (``"train-"``).
+        Commands that read results (evaluate, report, predict) use it so that
+        a missing result is an error naming it, not hours of training.
+        """
+        before = self._frozen
+        self._frozen = before + tuple(stages)
+        try:
+            yield self
+        finally:
+            self._frozen = before
+
+    def _check_may_compute(self, stage: str, key: str) -> None:
+        if any(stage == s or (s.endswith("-") and stage.startswith(s)) for s in self._frozen):
+            raise NotComputedError(stage, key, self.path(stage, key))
 
     # -- loading and saving ------------------------------------------------- #
 
@@ -340,6 +368,7 @@ class StageCache:
         found, value = self._load(stage, key)
         if found:
             return self._finish(stage, key, value, True)
+        self._check_may_compute(stage, key)
         log.info("computing stage %s (key %s)", stage, key)
         value = compute()
         self._save(stage, key, config, deps, value)
@@ -373,6 +402,7 @@ class StageCache:
         found, value = self._load(stage, key)
         if found:
             return self._finish(stage, key, value, True)
+        self._check_may_compute(stage, key)
 
         parts = self.parts_dir(stage, key)
         done: dict[Any, Any] = {}
@@ -482,6 +512,7 @@ class StageCache:
 
 __all__ = [
     "CACHE_FORMAT",
+    "NotComputedError",
     "StageCache",
     "StageResult",
     "atomic_open",

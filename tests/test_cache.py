@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carclf.cache import StageCache, StageResult, atomic_open, atomic_pickle, atomic_write, config_hash, load_pickle
+from carclf.cache import NotComputedError, StageCache, StageResult, atomic_open, atomic_pickle, atomic_write, config_hash, load_pickle
 
 HELPER = Path(__file__).with_name("_kill_helpers.py")
 _spec = importlib.util.spec_from_file_location("_kill_helpers", HELPER)
@@ -151,6 +151,22 @@ def test_run_computes_once_then_loads(tmp_path):
     # a new StageCache over the same folder (a restarted kernel) loads too
     again = StageCache(tmp_path / "pickles").run("split", {"seed": 0}, compute)
     assert again.loaded and len(calls) == 1
+
+
+def test_only_cached_loads_but_refuses_to_compute_the_named_stages(tmp_path):
+    cache = StageCache(tmp_path / "pickles")
+    trained = cache.run("train-vgg16", {"epochs": 1}, lambda: "weights")
+    with cache.only_cached("search", "train-"):
+        assert cache.run("train-vgg16", {"epochs": 1}, lambda: "again").value == "weights"
+        with pytest.raises(NotComputedError, match="stage train-resnet50 has no stored result") as missing:
+            cache.run("train-resnet50", {"epochs": 1}, lambda: pytest.fail("computed"))
+        assert missing.value.path == cache.path("train-resnet50", missing.value.key)
+        with pytest.raises(NotComputedError):
+            cache.run_units("search", {"n": 2}, [0, 1], lambda unit: pytest.fail("computed"))
+        assert cache.run("search-skopt", {"n": 2}, lambda: "other stages compute").loaded is False
+    assert cache.run("train-resnet50", {"epochs": 1}, lambda: "trained").value == "trained"  # allowed again
+    assert not cache.parts_dir("search", cache.key("search", {"n": 2})).exists()
+    assert trained.key != missing.value.key
 
 
 def _chain(cache, cfg_a, cfg_b, cfg_c, calls):
