@@ -46,13 +46,21 @@ def _cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+class _StageRun:
+    """What the block of :meth:`StageTimer.stage` may say about its run."""
+
+    cached = False
+
+
 class StageTimer:
     """Records wall and CPU minutes per stage, appended to a CSV under ``logs/``.
 
     The CSV survives a crash, so the table covers every stage ever run; a stage
-    that raised is recorded with ``status="failed"``. Use ``table()`` for the
-    report's layout: one row per stage, one column pair per group (e.g.
-    "default" and "optimal" hyperparameters).
+    that raised is recorded with ``status="failed"``, and one whose block set
+    ``run.cached = True`` (``with timer.stage(...) as run``) with
+    ``status="cached"``: loading a result does not replace the time it took to
+    compute. Use ``table()`` for the report's layout: one row per stage, one
+    column pair per group (e.g. "default" and "optimal" hyperparameters).
     """
 
     def __init__(self, path="logs/timings.csv"):
@@ -64,10 +72,11 @@ class StageTimer:
     def stage(self, name, group="default"):
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+        run = _StageRun()
         status = "failed"
         try:
-            yield
-            status = "ok"
+            yield run
+            status = "cached" if run.cached else "ok"
         finally:
             row = {
                 "stage": name,

@@ -58,3 +58,13 @@ def test_failed_stage_is_recorded_and_left_out_of_table(tmp_path):
     with StageTimer(tmp_path / "timings.csv").stage("search"):
         pass
     assert list(timer.records()["status"]) == ["failed", "ok"]
+
+
+def test_a_stage_that_only_loaded_keeps_the_minutes_of_the_run_that_computed_it(tmp_path):
+    timer = StageTimer(tmp_path / "timings.csv")
+    with timer.stage("decode images"):
+        time.sleep(0.3)
+    with timer.stage("decode images") as run:
+        run.cached = True
+    assert list(timer.records()["status"]) == ["ok", "cached"]
+    assert timer.table().loc["decode images", ("default", "wall_min")] >= 0.3 / 60
