@@ -90,8 +90,10 @@ __all__ = [
     "MIN_INPUT_SIZE",
     "NAMES",
     "PretrainedWeightsError",
+    "UnknownModelError",
     "add_classification_head",
     "build",
+    "check_name",
     "create_alexnet_model",
     "create_densenet121_model",
     "create_efficientnetb0_model",
@@ -231,7 +233,7 @@ def preprocessing_mode(name):
     ``"tf"`` for InceptionV3 and for the from-scratch AlexNet and model1, and
     ``None`` for EfficientNetB0, whose base rescales and normalises by itself.
     """
-    _check_name(name)
+    check_name(name)
     if name in _BASES:
         return _BASES[name].preprocessing
     return "tf"
@@ -534,9 +536,19 @@ def _hyperparams(hyperparams):
     return merged
 
 
-def _check_name(name):
+class UnknownModelError(ValueError):
+    """A model name that is not one of ``NAMES``."""
+
+
+def check_name(name):
+    """Return ``name`` if it is one of ``NAMES``; else raise :class:`UnknownModelError` listing them."""
     if name not in NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(NAMES)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(name).lower(), NAMES, n=1, cutoff=0.7)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint}; choose one of {', '.join(NAMES)}")
+    return name
 
 
 # ----------------------------------------------------------------------------
@@ -990,5 +1002,5 @@ def build(name, input_shape=(224, 224, 3), num_classes=196, hyperparams=None):
         hyperparams: dict of builder settings (see the module docstring);
             ``None`` means the defaults (``DEFAULT_HYPERPARAMS``).
     """
-    _check_name(name)
+    check_name(name)
     return _BUILDERS[name](tuple(input_shape), int(num_classes), hyperparams)

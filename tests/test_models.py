@@ -77,8 +77,11 @@ def test_registry_lists_the_eight_models_in_the_reports_order():
         "efficientnetb0",
         "inceptionv3",
     )
-    with pytest.raises(ValueError, match="unknown model"):
-        models.build("lenet")
+    with pytest.raises(models.UnknownModelError, match="unknown model 'mobilenet'; choose one of model1, alexnet"):
+        models.build("mobilenet")
+    with pytest.raises(ValueError, match=r"unknown model 'resnet' \(did you mean 'resnet50'\?\)"):
+        models.check_name("resnet")
+    assert models.check_name("vgg16") == "vgg16"
 
 
 @pytest.mark.parametrize("name", models.NAMES)
