@@ -28,7 +28,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 from carclf.metrics import report_metrics
 
-__all__ = ["EvaluationResult", "comparison_table", "evaluate_model", "evaluate_predictions"]
+__all__ = ["EvaluationResult", "comparison_table", "evaluate_model", "evaluate_predictions", "top_k"]
 
 
 @dataclass
@@ -113,6 +113,31 @@ class EvaluationResult:
             "macro_f1": float(macro.get("f1-score", np.nan)),
             "n_test": int(len(self.y_true)),
         }
+
+
+def top_k(probabilities, class_names, k: int = 5, index=None) -> pd.DataFrame:
+    """The ``k`` most probable classes of each row of ``probabilities``, best first.
+
+    One row per (input, rank): ``input`` (from ``index``, default the row
+    number), ``rank`` (1 to k), ``class_id``, ``class_name``, ``probability``.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2:
+        raise ValueError(f"probabilities must be (inputs, classes), got shape {probabilities.shape}")
+    if len(class_names) != probabilities.shape[1]:
+        raise ValueError(f"{len(class_names)} class names for a model with {probabilities.shape[1]} outputs")
+    k = min(int(k), probabilities.shape[1])
+    index = list(range(len(probabilities))) if index is None else list(index)
+    # A stable sort keeps equal probabilities in class order, so the answer does not depend on the platform.
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    names = np.asarray(class_names, dtype=object)
+    return pd.DataFrame({
+        "input": np.repeat(np.asarray(index, dtype=object), k),
+        "rank": np.tile(np.arange(1, k + 1), len(best)),
+        "class_id": best.ravel(),
+        "class_name": names[best.ravel()],
+        "probability": np.take_along_axis(probabilities, best, axis=1).ravel(),
+    })
 
 
 def comparison_table(rows) -> pd.DataFrame:

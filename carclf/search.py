@@ -1581,6 +1581,7 @@ def compare_default_optimal(
     cache: StageCache | None = None,
     cache_deps=(),
     timer=None,
+    labels=("default", "optimal"),
     **pipeline_kwargs,
 ) -> pd.DataFrame:
     """Train each model with the default and with the optimal hyperparameters; one row per run.
@@ -1596,7 +1597,7 @@ def compare_default_optimal(
     ``train_key`` and ``loaded`` (from the cache): pass it to
     :func:`carclf.report.plot_comparison`. With a ``timer``, the runs are
     timed in groups "default" and "optimal" (the report's execution-time
-    table).
+    table). ``labels`` picks the runs: ``("default",)`` needs no ``optimal``.
     """
     from carclf import models
     from carclf.train import run_model_pipeline
@@ -1619,7 +1620,10 @@ def compare_default_optimal(
     rows = []
     for name in names:
         builder = (builders or {}).get(name) or getattr(models, f"create_{name}_model")
-        for label, hp in (("default", default), ("optimal", {**default, **_optimal_for(name, optimal)})):
+        for label in labels:
+            if label not in ("default", "optimal"):
+                raise ValueError(f"labels are 'default' and 'optimal', got {label!r}")
+            hp = default if label == "default" else {**default, **_optimal_for(name, optimal)}
             result = run_model_pipeline(
                 builder, name, hp, input_shape, num_classes, train_generator, test_generator, epochs, accum_steps,
                 paths=paths, cache=cache, cache_deps=cache_deps, timer=timer, timer_group=label, **pipeline_kwargs,

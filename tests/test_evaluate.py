@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carclf.evaluate import comparison_table, evaluate_model, evaluate_predictions
+from carclf.evaluate import comparison_table, evaluate_model, evaluate_predictions, top_k
 from carclf.generators import ImageBatches
 from carclf.metrics import METRIC_NAMES, report_metrics
 from carclf.models import create_model1_model
@@ -73,3 +73,15 @@ def test_evaluate_model_agrees_with_keras(synthetic_cars32):
     assert isinstance(result.per_class_accuracy, pd.Series)
     with pytest.raises(ValueError, match="unshuffled"):
         evaluate_model(model, ImageBatches(synthetic_cars32.decoded["test"], 32, shuffle=True))
+
+
+def test_top_k_names_the_most_probable_classes_best_first():
+    probabilities = np.array([[0.1, 0.6, 0.3, 0.0], [0.25, 0.25, 0.2, 0.3]])
+    table = top_k(probabilities, ["a", "b", "c", "d"], k=3, index=["x.jpg", "y.jpg"])
+    assert list(table["input"]) == ["x.jpg"] * 3 + ["y.jpg"] * 3
+    assert list(table["rank"]) == [1, 2, 3, 1, 2, 3]
+    assert list(table["class_name"]) == ["b", "c", "a", "d", "a", "b"]  # a tie keeps class order
+    np.testing.assert_allclose(table["probability"], [0.6, 0.3, 0.1, 0.3, 0.25, 0.25])
+    assert len(top_k(probabilities, list("abcd"), k=10)) == 8  # never more than the classes
+    with pytest.raises(ValueError, match="3 class names for a model with 4 outputs"):
+        top_k(probabilities, list("abc"))
