@@ -1,16 +1,25 @@
-"""The command line: ``python -m carclf <command>``.
+"""Stanford Cars with eight CNNs, one stage at a time: ``python -m carclf COMMAND``.
 
-Each command runs notebook stages through :mod:`carclf.workflow`, so what it
-computes is cached exactly as if the notebook had run it.
+Each command runs notebook stages through carclf.workflow, so what it computes
+is cached exactly as if the notebook had run it, and a stage that has run
+before (from here or from the notebook) loads instead of recomputing. An
+interrupted command resumes where it stopped when run again.
+
+evaluate, report and predict never search or train: they read what is stored
+and say what to run when it is missing.
 """
 
 import argparse
+import json
 import sys
 
 from carclf.data import DatasetError
 
+#: Exit status for bad input (a missing dataset, an unknown model, nothing trained yet).
+USAGE_ERROR = 2
 
-def _prepare(args):
+
+def _workspace(args):
     from carclf import workflow
 
     overrides = {}
@@ -18,10 +27,138 @@ def _prepare(args):
         overrides["dataset"] = args.dataset
     if args.image_size:
         overrides["image_size"] = (args.image_size, args.image_size)
-    ws = workflow.Workspace.open(args.profile, root=args.root, **overrides)
+    return workflow.Workspace.open(args.profile, root=args.root, **overrides)
+
+
+def _print_table(frame):
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500):
+        print(frame.round(4).to_string(sparsify=False))
+
+
+def _prepare(args):
+    from carclf import workflow
+
+    ws = _workspace(args)
     workflow.load_dataset(ws)
     workflow.decode_images(ws)
     print(workflow.summary(ws))
+    return 0
+
+
+def _augment(args):
+    from carclf import workflow
+
+    ws = _workspace(args)
+    augmented = workflow.augment_images(ws)
+    if augmented is None:
+        print(f"profile {ws.profile!r} augments {ws.settings['augmentation']!r}: there is no offline set to build")
+        return 0
+    workflow.plot_augmentations(ws)
+    print(f"augmented training set: {len(augmented)} images, {ws.settings['n_variants']} per original, "
+          f"under {ws.paths.augmented}\nexamples: {ws.paths.reports / 'augment_grid.png'}")
+    return 0
+
+
+def _search(args):
+    from carclf import workflow
+
+    ws = _workspace(args)
+    if args.trials:
+        ws.settings["search"] = {**ws.settings["search"], "n_trials": args.trials}
+    result = workflow.search_hyperparameters(ws)
+    workflow.plot_search(ws, result)
+    _print_table(result.trials)
+    print(f"best {result.objective} {result.best_value:.4g} at trial {result.best_trial}: {result.best_params}\n"
+          f"plots: {ws.paths.reports / 'search_convergence.png'}, {ws.paths.reports / 'search_importance.png'}")
+    return 0
+
+
+def _box(text):
+    try:
+        x1, y1, x2, y2 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X1,Y1,X2,Y2 (four integers, e.g. 40,60,320,150)")
+    if x2 <= x1 or y2 <= y1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the box needs X2 > X1 and Y2 > Y1")
+    return x1, y1, x2, y2
+
+
+def _labels(choice):
+    return ("default", "optimal") if choice in (None, "both") else (choice,)
+
+
+def _train(args):
+    import pandas as pd
+
+    from carclf import workflow
+    from carclf.models import check_name
+
+    names = [check_name(name) for name in args.model] if args.model else None
+    ws = _workspace(args)
+    if args.epochs:
+        ws.settings["epochs"] = args.epochs
+    if names is None and args.hyperparams in (None, "both"):
+        table = workflow.train_models(ws)
+    else:
+        table = pd.concat([workflow.train_model(ws, name, _labels(args.hyperparams))
+                           for name in names or ws.settings["models"]], ignore_index=True)
+    _print_table(table.drop(columns=["train_key"]).set_index(["model", "hyperparams"]))
+    print(f"models under {ws.paths.models}; `python -m carclf report` draws the plots")
+    return 0
+
+
+def _evaluate(args):
+    from carclf import workflow
+
+    ws = _workspace(args)
+    row = workflow.trained_run(ws, args.model, args.hyperparams)
+    evaluation = workflow.evaluate_run(ws, row)
+    stem = f"{row['model']}_{row['hyperparams']}"
+    workflow.plot_evaluation(ws, row["model"], row["hyperparams"], evaluation)
+    print(f"{row['model']} with the {row['hyperparams']} hyperparameters, on {len(evaluation.y_true)} test images")
+    print(evaluation.classification_report_text)
+    print("most confused pairs:")
+    _print_table(evaluation.most_confused(10))
+    print(f"confusion matrix: {ws.paths.reports / f'confusion_{stem}.png'}\n"
+          f"per-class report: {ws.paths.reports / f'classification_{stem}.csv'}")
+    return 0
+
+
+def _report(args):
+    from carclf import workflow
+
+    ws = _workspace(args)
+    table = workflow.write_report(ws)
+    _print_table(table.drop(columns=["train_key", "loaded"]).set_index(["model", "hyperparams"]))
+    missing = table.attrs["missing"]
+    if missing:
+        print("not trained yet: " + ", ".join(f"{name} ({label})" for name, label in missing))
+    timings = ws.timer.table()
+    if not timings.empty:
+        print("execution time (minutes; the last row in hours):")
+        _print_table(timings)
+    print(f"tables and plots under {ws.paths.reports}")
+    return 0
+
+
+def _predict(args):
+    from carclf import workflow
+
+    ws = _workspace(args)
+    table = workflow.predict(ws, args.images, args.model, args.hyperparams, args.model_file, top=args.top,
+                             box=args.box)
+    if args.json:
+        out = {image: [{"class": row.class_name, "class_id": int(row.class_id), "probability": float(row.probability)}
+                       for row in group.itertuples()]
+               for image, group in table.groupby("input", sort=False)}
+        print(json.dumps(out, indent=2))
+        return 0
+    for image, group in table.groupby("input", sort=False):
+        print(image)
+        for row in group.itertuples():
+            print(f"  {row.rank}. {row.class_name}  {row.probability:.4f}")
     return 0
 
 
@@ -51,32 +188,88 @@ def _demo(args):
     return _run(args)
 
 
+#: carclf.models.NAMES, repeated so that parsing the command line does not import Keras (5 s).
+MODEL_NAMES = ("model1", "alexnet", "vgg16", "resnet50", "densenet121", "imagenet", "efficientnetb0", "inceptionv3")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m carclf", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", help="where data/, pickles/, models/ and logs/ live (default: the project folder "
-                                       "or $CARCLF_HOME)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="python -m carclf", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--root", help="where data/, pickles/, models/, logs/ and reports/ live (default: the "
+                                       "project folder or $CARCLF_HOME)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    prepare = commands.add_parser("prepare", help="load and validate the dataset, build the decoded image cache")
-    prepare.add_argument("--profile", choices=["demo", "full"], default="demo")
-    prepare.add_argument("--dataset", help="dataset folder (Kaggle class-folder copy or Stanford devkit)")
-    prepare.add_argument("--image-size", type=int, help="square input size in pixels")
-    prepare.set_defaults(run=_prepare)
+    # --root is accepted after the command too; SUPPRESS keeps an absent one from hiding the global one.
+    root = argparse.ArgumentParser(add_help=False)
+    root.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    profile = argparse.ArgumentParser(add_help=False, parents=[root])
+    profile.add_argument("--profile", choices=["demo", "full"], default="demo",
+                         help="demo: the synthetic set on a CPU; full: the report's run (default: demo)")
+    profile.add_argument("--dataset", help="dataset folder, the Kaggle class-folder copy or the Stanford devkit "
+                                           "(default for full: data/stanford_cars)")
+    profile.add_argument("--image-size", type=int, help="square input size in pixels (default: the profile's)")
 
-    run = commands.add_parser("run", help="the notebook headless, end to end; executed copy and HTML in reports/")
+    def command(name, run, help, parents=(profile,)):
+        sub = commands.add_parser(name, help=help, description=help, parents=list(parents))
+        sub.set_defaults(run=run)
+        return sub
+
+    which = argparse.ArgumentParser(add_help=False)
+    which.add_argument("--hyperparams", choices=["default", "optimal"],
+                       help="which run of the model (default: the better one by test accuracy)")
+
+    command("prepare", _prepare, "load and validate the dataset, build the decoded image cache")
+    command("augment", _augment, "build the offline augmented training set; a grid of examples in reports/")
+    search = command("search", _search, "run (or resume, or extend) the hyperparameter search")
+    search.add_argument("--trials", type=int, help="how many trials the search should have (more extends it)")
+    train = command("train", _train, "train models (default: every model of the profile) with the default "
+                                     "and the optimal hyperparameters")
+    train.add_argument("--model", action="append", metavar="NAME",
+                       help=f"a model to train, repeatable; one of {', '.join(MODEL_NAMES)}")
+    train.add_argument("--hyperparams", choices=["default", "optimal", "both"], default="both",
+                       help="which runs: optimal ones need the search, which runs first if it has not")
+    train.add_argument("--epochs", type=int, help="the most epochs per run (default: the profile's)")
+    evaluate = command("evaluate", _evaluate, "test a trained run: classification report, confusion matrix, "
+                                              "the most confused classes", parents=(profile, which))
+    evaluate.add_argument("--model", metavar="NAME", help="the model (default: the best trained run)")
+    command("report", _report, "comparison table and plots, training curves and the execution-time table, "
+                               "for the runs trained so far")
+    predict = command("predict", _predict, "the most probable classes of image files, from a saved model",
+                      parents=(profile, which))
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("--model", metavar="NAME", help="the model (default: the best trained run)")
+    predict.add_argument("--model-file", help="a saved .keras file to use instead of a trained run")
+    predict.add_argument("--top", type=int, default=5, help="how many classes per image (default: 5)")
+    predict.add_argument("--box", type=_box, metavar="X1,Y1,X2,Y2",
+                         help="the car's box in pixels, for every image (default: a dataset image's annotated "
+                              "box, else the whole image)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    run = command("run", _run, "the notebook headless, end to end; the executed copy and HTML in reports/",
+                  parents=(root,))
     run.add_argument("--profile", choices=["demo", "full"], default="demo")
     run.add_argument("--dataset", help="dataset folder for the full profile (default: data/stanford_cars)")
-    run.set_defaults(run=_run)
-
-    demo = commands.add_parser("demo", help="the notebook end to end on the synthetic set (= run --profile demo)")
-    demo.set_defaults(run=_demo)
+    command("demo", _demo, "the notebook end to end on the synthetic set (= run --profile demo)", parents=(root,))
     return parser
+
+
+def _is_bad_input(exc):
+    from carclf.workflow import ImageFileError, NotTrainedError
+
+    kinds = [DatasetError, NotTrainedError, ImageFileError]
+    models = sys.modules.get("carclf.models")  # loaded whenever its error can have been raised
+    if models is not None:
+        kinds.append(models.UnknownModelError)
+    return isinstance(exc, tuple(kinds))
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except DatasetError as exc:
+    except Exception as exc:
+        if not _is_bad_input(exc):
+            raise
         print(f"carclf: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR

@@ -7,6 +7,7 @@ the same cache.
 """
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,16 @@ class Workspace:
         return cls(profile, settings, paths, StageCache(paths.pickles), StageTimer(paths.logs / "timings.csv"))
 
 
+@contextmanager
+def _timed(ws, name):
+    """Time a cached stage; a run that only loaded results is recorded as "cached", so the
+    execution-time table keeps the minutes of the run that computed them."""
+    before = len(ws.cache.events)
+    with ws.timer.stage(name) as run:
+        yield
+        run.cached = all(how == "loaded" for *_, how in ws.cache.events[before:])
+
+
 def dataset_root(ws):
     """The dataset folder of the profile; the synthetic set is made first if the profile asks for it."""
     dataset = ws.settings["dataset"]
@@ -65,7 +76,7 @@ def load_dataset(ws):
     from carclf.data import dataset_fingerprint, load_stanford_cars
 
     root = dataset_root(ws)
-    with ws.timer.stage("load dataset"):
+    with _timed(ws, "load dataset"):
         result = ws.cache.run("dataset", dataset_fingerprint(root), lambda: load_stanford_cars(root))
     ws.results["dataset"] = result
     return result
@@ -76,7 +87,7 @@ def decode_images(ws, dataset=None):
     from carclf.decoded import build_decoded_cache
 
     dataset = dataset or ws.results.get("dataset") or load_dataset(ws)
-    with ws.timer.stage("decode images"):
+    with _timed(ws, "decode images"):
         decoded = build_decoded_cache(
             dataset.value,
             ws.cache,
@@ -108,7 +119,7 @@ def augment_images(ws, decoded=None):
     if ws.settings["augmentation"] != "offline":
         return None
     decoded = decoded or ws.results.get("decoded") or decode_images(ws)
-    with ws.timer.stage("data augmentation"):
+    with _timed(ws, "data augmentation"):
         augmented = build_augmented_set(decoded["train"], ws.cache, out_dir=ws.paths.augmented,
                                         n_variants=ws.settings["n_variants"], seed=ws.settings["seed"])
     ws.results["augmented"] = augmented
@@ -143,7 +154,7 @@ def search_hyperparameters(ws):
     decoded = ws.results.get("decoded") or decode_images(ws)
     searched = search.search_space(settings.get("adam_only", True))
     fixed = {k: v for k, v in model_hyperparams(ws, settings["model"]).items() if k not in searched}
-    with ws.timer.stage("hyperparameter search"):
+    with _timed(ws, "hyperparameter search"):
         result = search.run_search(
             settings.pop("model"), decoded["train"], backend=settings.pop("backend"),
             n_trials=settings.pop("n_trials"), hyperparams=fixed,
@@ -154,30 +165,124 @@ def search_hyperparameters(ws):
     return result
 
 
+#: The two runs of every model: the profile's default hyperparameters and the search's optimal ones.
+LABELS = ("default", "optimal")
+
+#: The stages that cost hours; commands that only read results never start them.
+EXPENSIVE_STAGES = ("search", "search-", "train-")
+
+
+class NotTrainedError(LookupError):
+    """A command needs a trained model (or a finished search) that the stage cache does not hold."""
+
+
+class ImageFileError(ValueError):
+    """An image given to :func:`predict` is missing or is not an image OpenCV can read."""
+
+
+def _check_labels(labels):
+    labels = (labels,) if isinstance(labels, str) else tuple(labels)
+    unknown = [label for label in labels if label not in LABELS]
+    if unknown or not labels:
+        raise ValueError(f"hyperparams must be among {LABELS}, got {labels!r}")
+    return labels
+
+
+def train_model(ws, name, labels=LABELS, optimal=None):
+    """Train one model with the default and/or the optimal hyperparameters (each run cached and resumable).
+
+    The optimal run needs the search, which runs first if it has not.
+    Returns the model's rows of the comparison table.
+    """
+    from carclf.models import check_name
+    from carclf.search import compare_default_optimal
+
+    check_name(name)
+    labels = _check_labels(labels)
+    if "optimal" in labels:
+        optimal = optimal or ws.results.get("search") or search_hyperparameters(ws)
+    train_gen, test_gen = ws.results.get("generators") or generators(ws)
+    return compare_default_optimal(
+        [name], optimal, train_gen, test_gen, ws.settings["epochs"], ws.settings["accum_steps"],
+        default=model_hyperparams(ws, name), paths=ws.paths, cache=ws.cache, timer=ws.timer,
+        seed=ws.settings["seed"], verbose=0, labels=labels,
+    )
+
+
 def train_models(ws, optimal=None):
     """The report's steps 11 to 13: build, compile, train and test every model of the profile,
     with the default and with the optimal hyperparameters (each run cached and resumable).
 
-    Returns the comparison table: one row per (model, "default" | "optimal").
+    Returns the comparison table: one row per (model, "default" | "optimal"),
+    also written to ``reports/comparison.csv``.
     """
-    from carclf.search import compare_default_optimal
-
     import pandas as pd
     from tqdm.auto import tqdm
 
     optimal = optimal or ws.results.get("search") or search_hyperparameters(ws)
-    train_gen, test_gen = ws.results.get("generators") or generators(ws)
-    tables = []
-    for name in tqdm(ws.settings["models"], desc="models", unit="model"):
-        default = model_hyperparams(ws, name)
-        tables.append(compare_default_optimal(
-            [name], optimal, train_gen, test_gen, ws.settings["epochs"], ws.settings["accum_steps"],
-            default=default, paths=ws.paths, cache=ws.cache, timer=ws.timer, seed=ws.settings["seed"], verbose=0,
-        ))
+    tables = [train_model(ws, name, optimal=optimal) for name in tqdm(ws.settings["models"], desc="models",
+                                                                      unit="model")]
     table = pd.concat(tables, ignore_index=True)
-    atomic_write(ws.paths.reports / "comparison.csv", table.to_csv(index=False).encode())
+    _save_table(ws, table, "comparison.csv")
     ws.results["comparison"] = table
     return table
+
+
+def trained_runs(ws, names=None, labels=LABELS):
+    """The comparison table of the runs trained so far, read from the stage cache.
+
+    Nothing is searched or trained: runs that have not finished are left out
+    and listed in ``table.attrs["missing"]`` as ``(model, label)`` pairs.
+    """
+    import pandas as pd
+
+    from carclf.cache import NotComputedError
+
+    labels = _check_labels(labels)
+    rows, missing = [], []
+    with ws.cache.only_cached(*EXPENSIVE_STAGES):
+        optimal = ws.results.get("search")
+        if optimal is None and "optimal" in labels:
+            try:
+                optimal = search_hyperparameters(ws)
+            except NotComputedError:
+                pass
+        for name in names or ws.settings["models"]:
+            for label in labels:
+                try:
+                    if label == "optimal" and optimal is None:
+                        raise NotComputedError("search", None, ws.cache.stage_dir("search"))
+                    rows.append(train_model(ws, name, (label,), optimal))
+                except NotComputedError:
+                    missing.append((name, label))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["model", "hyperparams"])
+    table.attrs["missing"] = missing
+    return table
+
+
+def _not_trained(ws, what, name=None):
+    # ``what`` is the sentence's subject and verb: "no model has been", "model 'vgg16' has not been".
+    return NotTrainedError(
+        f"{what} trained in profile {ws.profile!r} under {ws.paths.root}: run "
+        f"`python -m carclf --root {ws.paths.root} train --profile {ws.profile} --model {name or 'NAME'}` "
+        f"(or the notebook) first; `python -m carclf report` lists the runs that are trained")
+
+
+def trained_run(ws, name=None, label=None, metric="accuracy"):
+    """The comparison row of one trained run: ``name`` with ``label``, or the best trained run by ``metric``.
+
+    Raises :class:`NotTrainedError` when no such run has finished.
+    """
+    if name is not None:
+        from carclf.models import check_name
+
+        check_name(name)
+    table = trained_runs(ws, None if name is None else [name], LABELS if label is None else (label,))
+    if table.empty:
+        what = ("no model has been" if name is None else
+                f"model {name!r}{f' ({label} hyperparameters)' if label else ''} has not been")
+        raise _not_trained(ws, what, name)
+    return table.loc[table[metric].idxmax()]
 
 
 def histories(ws, table=None):
@@ -189,20 +294,168 @@ def histories(ws, table=None):
             for row in table.itertuples()}
 
 
-def evaluate_best(ws, table=None, metric="accuracy"):
-    """The report's step 15 for the best run of the table: classification report, confusion matrix,
+def model_path(ws, row):
+    """The saved ``.keras`` file of a comparison row's run."""
+    return ws.paths.models / row["model"] / row["train_key"] / f"{row['model']}.keras"
+
+
+def evaluate_run(ws, row):
+    """The report's step 15 for one run (a comparison row): classification report, confusion matrix,
     per-class accuracy and the most-confused pairs of classes, on the test set."""
     from carclf.evaluate import evaluate_model
     from carclf.train import load_model
 
+    model = load_model(model_path(ws, row))
+    _, test_gen = ws.results.get("generators") or generators(ws)
+    class_names = (ws.results.get("dataset") or load_dataset(ws)).value.attrs["class_names"]
+    evaluation = evaluate_model(model, test_gen, class_names)
+    ws.results["evaluation"] = (row["model"], row["hyperparams"], evaluation)
+    return evaluation
+
+
+def evaluate_best(ws, table=None, metric="accuracy"):
+    """:func:`evaluate_run` for the best run of the comparison table; ``(model, hyperparams, evaluation)``."""
     table = ws.results["comparison"] if table is None else table
     best = table.loc[table[metric].idxmax()]
-    model = load_model(ws.paths.models / best["model"] / best["train_key"] / f"{best['model']}.keras")
-    _, test_gen = ws.results.get("generators") or generators(ws)
-    class_names = ws.results["dataset"].value.attrs["class_names"]
-    evaluation = evaluate_model(model, test_gen, class_names)
-    ws.results["evaluation"] = (best["model"], best["hyperparams"], evaluation)
-    return best["model"], best["hyperparams"], evaluation
+    return best["model"], best["hyperparams"], evaluate_run(ws, best)
+
+
+def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None):
+    """The ``top`` most probable classes of each image file, from a saved model.
+
+    The model is ``model_file`` if given, else the trained run ``name`` /
+    ``label`` (default: the best trained run). Each image is cropped as in
+    training: to ``box`` (x1, y1, x2, y2) when given, to its annotated box
+    when it is an image of the profile's dataset, else not at all; then
+    resized to the model's input. Returns :func:`carclf.evaluate.top_k`'s
+    table, ``input`` being the file path.
+    """
+    import numpy as np
+
+    from carclf.decoded import decode_image
+    from carclf.evaluate import top_k
+    from carclf.train import load_model
+
+    images = [Path(image) for image in images]
+    for image in images:
+        if not image.is_file():
+            raise ImageFileError(f"{image}: no such image file; give the paths of JPEG or PNG files")
+    if model_file is None:
+        model_file = model_path(ws, trained_run(ws, name, label))
+    elif not Path(model_file).is_file():
+        raise NotTrainedError(f"{model_file}: no such model file; give a .keras file saved by carclf "
+                              f"(models/<name>/<name>.keras)")
+    model = load_model(model_file, compile=False)
+    frame = (ws.results.get("dataset") or load_dataset(ws)).value
+    class_names = frame.attrs["class_names"]
+    annotated = {Path(path).resolve(): (x1, y1, x2, y2)
+                 for path, x1, y1, x2, y2 in frame[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False)}
+    size = tuple(int(v) for v in model.input_shape[1:3])
+    arrays = []
+    for image in images:
+        try:
+            arrays.append(decode_image(image, box=box or annotated.get(image.resolve()), image_size=size,
+                                       crop=ws.settings["crop"], margin=ws.settings["margin"]))
+        except ValueError as exc:
+            raise ImageFileError(f"{image}: not an image OpenCV can read ({exc}); give JPEG or PNG files") from exc
+    probabilities = model.predict(np.stack(arrays).astype("float32"), verbose=0)
+    return top_k(probabilities, class_names, k=top, index=[str(image) for image in images])
+
+
+# --------------------------------------------------------------------------- #
+# Plots and tables under reports/ (one file name per kind, for the notebook and the CLI alike)
+
+
+def _save_table(ws, table, name):
+    path = ws.paths.reports / name
+    atomic_write(path, table.to_csv(index=False).encode())
+    return path
+
+
+def plot_augmentations(ws, rows=range(4)):
+    """Original training crops beside their augmented variants (``reports/augment_grid.png``)."""
+    from carclf import augment, report
+
+    decoded = ws.results.get("decoded") or decode_images(ws)
+    frame = (ws.results.get("dataset") or load_dataset(ws)).value
+    rows = [r for r in rows if r < len(decoded["train"])]
+    grid = augment.plot_augmentations(
+        decoded["train"].read(rows, dtype="uint8"), seed=ws.settings["seed"], rows=rows,
+        class_names=[frame.attrs["class_names"][c] for c in decoded["train"].class_ids[rows]])
+    report.save_figure(grid, ws.paths.reports / "augment_grid.png")
+    return grid
+
+
+def plot_search(ws, result=None):
+    """The search's convergence and hyperparameter importance (``reports/search_*.png``)."""
+    from carclf import search
+
+    result = result or ws.results.get("search") or search_hyperparameters(ws)
+    return (search.plot_convergence(result, out_path=ws.paths.reports / "search_convergence.png"),
+            search.plot_importance(result, out_path=ws.paths.reports / "search_importance.png"))
+
+
+def plot_histories(ws, table=None):
+    """Training curves of every run of the table (``reports/history_<model>_<hyperparams>.png``)."""
+    from carclf import report
+
+    return [report.plot_history(history, f"{name} ({label})",
+                                out_path=ws.paths.reports / f"history_{name}_{label}.png")
+            for (name, label), history in histories(ws, table).items()]
+
+
+def plot_comparison(ws, table=None):
+    """The models side by side, default against optimal (``reports/comparison.png``)."""
+    from carclf import report
+
+    return report.plot_comparison(ws.results["comparison"] if table is None else table,
+                                  out_path=ws.paths.reports / "comparison.png")
+
+
+def plot_evaluation(ws, name, label, evaluation, stem=None):
+    """The confusion matrix of an evaluated run (``reports/confusion_<stem>.png``) and its per-class
+    precision, recall and F1 (``reports/classification_<stem>.csv``); ``stem`` defaults to
+    ``<model>_<hyperparams>``."""
+    import pandas as pd
+
+    from carclf import report
+
+    stem = stem or f"{name}_{label}"
+    per_class = pd.DataFrame(evaluation.classification_report).T.rename_axis("class").reset_index()
+    _save_table(ws, per_class, f"classification_{stem}.csv")
+    class_names = evaluation.class_names
+    return report.plot_confusion(evaluation.confusion_matrix, class_names, title=f"{name} ({label})",
+                                 out_path=ws.paths.reports / f"confusion_{stem}.png")
+
+
+def plot_timings(ws):
+    """The execution-time table (``reports/timings.csv``) and its plot (``reports/timings.png``)."""
+    from carclf import report
+
+    table = report.timing_table(ws.timer)
+    atomic_write(ws.paths.reports / "timings.csv", table.to_csv().encode())
+    return table, report.plot_timings(table, out_path=ws.paths.reports / "timings.png")
+
+
+def write_report(ws):
+    """Every table and plot of the runs trained so far, from the cache, under ``reports/``.
+
+    Nothing is trained: the comparison covers the finished runs (the others are
+    in ``table.attrs["missing"]``). Returns the comparison table. Raises
+    :class:`NotTrainedError` when no run has finished.
+    """
+    table = trained_runs(ws)
+    if table.empty:
+        raise _not_trained(ws, "no model has been")
+    _save_table(ws, table, "comparison.csv")
+    ws.results["comparison"] = table
+    plot_histories(ws, table)
+    plot_comparison(ws, table)
+    if "search" in ws.results:
+        plot_search(ws)
+    if not ws.timer.table().empty:
+        plot_timings(ws)
+    return table
 
 
 def summary(ws):
