@@ -55,6 +55,13 @@ def _timed(ws, name):
         run.cached = all(how == "loaded" for *_, how in ws.cache.events[before:])
 
 
+def _stored(ws, key, stage):
+    """This session's ``ws.results[key]``, else ``stage(ws)``, which loads it from the cache when it
+    has run: after a kernel restart, any notebook cell can run right after the set-up cells."""
+    value = ws.results.get(key)
+    return value if value is not None else stage(ws)
+
+
 def dataset_root(ws):
     """The dataset folder of the profile; the synthetic set is made first if the profile asks for it."""
     dataset = ws.settings["dataset"]
@@ -86,7 +93,7 @@ def decode_images(ws, dataset=None):
     """Crop, resize and store every image once as uint8 memmaps (a cached, resumable stage)."""
     from carclf.decoded import build_decoded_cache
 
-    dataset = dataset or ws.results.get("dataset") or load_dataset(ws)
+    dataset = dataset or _stored(ws, "dataset", load_dataset)
     with _timed(ws, "decode images"):
         decoded = build_decoded_cache(
             dataset.value,
@@ -118,7 +125,7 @@ def augment_images(ws, decoded=None):
 
     if ws.settings["augmentation"] != "offline":
         return None
-    decoded = decoded or ws.results.get("decoded") or decode_images(ws)
+    decoded = decoded or _stored(ws, "decoded", decode_images)
     with _timed(ws, "data augmentation"):
         augmented = build_augmented_set(decoded["train"], ws.cache, out_dir=ws.paths.augmented,
                                         n_variants=ws.settings["n_variants"], seed=ws.settings["seed"])
@@ -130,7 +137,7 @@ def generators(ws):
     """The report's step 9: ``(train_generator, test_generator)`` over the decoded and augmented images."""
     from carclf.generators import make_generators
 
-    decoded = ws.results.get("decoded") or decode_images(ws)
+    decoded = _stored(ws, "decoded", decode_images)
     augmented = ws.results.get("augmented")
     if augmented is None and ws.settings["augmentation"] == "offline":
         augmented = augment_images(ws, decoded)
@@ -151,7 +158,7 @@ def search_hyperparameters(ws):
     from carclf import search
 
     settings = dict(ws.settings["search"])
-    decoded = ws.results.get("decoded") or decode_images(ws)
+    decoded = _stored(ws, "decoded", decode_images)
     searched = search.search_space(settings.get("adam_only", True))
     fixed = {k: v for k, v in model_hyperparams(ws, settings["model"]).items() if k not in searched}
     with _timed(ws, "hyperparameter search"):
@@ -200,8 +207,8 @@ def train_model(ws, name, labels=LABELS, optimal=None):
     check_name(name)
     labels = _check_labels(labels)
     if "optimal" in labels:
-        optimal = optimal or ws.results.get("search") or search_hyperparameters(ws)
-    train_gen, test_gen = ws.results.get("generators") or generators(ws)
+        optimal = optimal or _stored(ws, "search", search_hyperparameters)
+    train_gen, test_gen = _stored(ws, "generators", generators)
     return compare_default_optimal(
         [name], optimal, train_gen, test_gen, ws.settings["epochs"], ws.settings["accum_steps"],
         default=model_hyperparams(ws, name), paths=ws.paths, cache=ws.cache, timer=ws.timer,
@@ -219,7 +226,7 @@ def train_models(ws, optimal=None):
     import pandas as pd
     from tqdm.auto import tqdm
 
-    optimal = optimal or ws.results.get("search") or search_hyperparameters(ws)
+    optimal = optimal or _stored(ws, "search", search_hyperparameters)
     tables = [train_model(ws, name, optimal=optimal) for name in tqdm(ws.settings["models"], desc="models",
                                                                       unit="model")]
     table = pd.concat(tables, ignore_index=True)
@@ -289,7 +296,7 @@ def histories(ws, table=None):
     """The per-epoch history of every run in the comparison table, keyed by (model, hyperparams)."""
     import pandas as pd
 
-    table = ws.results["comparison"] if table is None else table
+    table = _stored(ws, "comparison", train_models) if table is None else table
     return {(row.model, row.hyperparams): pd.read_csv(ws.paths.models / row.model / row.train_key / "history.csv")
             for row in table.itertuples()}
 
@@ -306,8 +313,8 @@ def evaluate_run(ws, row):
     from carclf.train import load_model
 
     model = load_model(model_path(ws, row))
-    _, test_gen = ws.results.get("generators") or generators(ws)
-    class_names = (ws.results.get("dataset") or load_dataset(ws)).value.attrs["class_names"]
+    _, test_gen = _stored(ws, "generators", generators)
+    class_names = _stored(ws, "dataset", load_dataset).value.attrs["class_names"]
     evaluation = evaluate_model(model, test_gen, class_names)
     ws.results["evaluation"] = (row["model"], row["hyperparams"], evaluation)
     return evaluation
@@ -315,7 +322,7 @@ def evaluate_run(ws, row):
 
 def evaluate_best(ws, table=None, metric="accuracy"):
     """:func:`evaluate_run` for the best run of the comparison table; ``(model, hyperparams, evaluation)``."""
-    table = ws.results["comparison"] if table is None else table
+    table = _stored(ws, "comparison", train_models) if table is None else table
     best = table.loc[table[metric].idxmax()]
     return best["model"], best["hyperparams"], evaluate_run(ws, best)
 
@@ -346,7 +353,7 @@ def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None)
         raise NotTrainedError(f"{model_file}: no such model file; give a .keras file saved by carclf "
                               f"(models/<name>/<name>.keras)")
     model = load_model(model_file, compile=False)
-    frame = (ws.results.get("dataset") or load_dataset(ws)).value
+    frame = _stored(ws, "dataset", load_dataset).value
     class_names = frame.attrs["class_names"]
     annotated = {Path(path).resolve(): (x1, y1, x2, y2)
                  for path, x1, y1, x2, y2 in frame[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False)}
@@ -376,8 +383,8 @@ def plot_augmentations(ws, rows=range(4)):
     """Original training crops beside their augmented variants (``reports/augment_grid.png``)."""
     from carclf import augment, report
 
-    decoded = ws.results.get("decoded") or decode_images(ws)
-    frame = (ws.results.get("dataset") or load_dataset(ws)).value
+    decoded = _stored(ws, "decoded", decode_images)
+    frame = _stored(ws, "dataset", load_dataset).value
     rows = [r for r in rows if r < len(decoded["train"])]
     grid = augment.plot_augmentations(
         decoded["train"].read(rows, dtype="uint8"), seed=ws.settings["seed"], rows=rows,
@@ -390,7 +397,7 @@ def plot_search(ws, result=None):
     """The search's convergence and hyperparameter importance (``reports/search_*.png``)."""
     from carclf import search
 
-    result = result or ws.results.get("search") or search_hyperparameters(ws)
+    result = result or _stored(ws, "search", search_hyperparameters)
     return (search.plot_convergence(result, out_path=ws.paths.reports / "search_convergence.png"),
             search.plot_importance(result, out_path=ws.paths.reports / "search_importance.png"))
 
@@ -408,7 +415,7 @@ def plot_comparison(ws, table=None):
     """The models side by side, default against optimal (``reports/comparison.png``)."""
     from carclf import report
 
-    return report.plot_comparison(ws.results["comparison"] if table is None else table,
+    return report.plot_comparison(_stored(ws, "comparison", train_models) if table is None else table,
                                   out_path=ws.paths.reports / "comparison.png")
 
 

@@ -255,6 +255,35 @@ def test_the_demo_notebook_runs_end_to_end_then_from_the_cache(stages):
     assert second_s < first_s / 2, (first_s, second_s)
     assert np.allclose(pd.read_csv(home / "reports" / "comparison.csv")["accuracy"], table["accuracy"])
 
+    # After a kernel restart: the set-up cells, then every other cell in reverse order, so that none can
+    # lean on a variable an earlier cell defined; each must load what it needs from the cache.
+    text = _restarted_kernel_runs_cells_backwards(home)
+    done, total = _served(text)
+    assert done == total > 0
+
+
+def _restarted_kernel_runs_cells_backwards(home):
+    import nbformat
+    from nbclient import NotebookClient
+
+    from carclf.workflow import NOTEBOOK
+    from carclf.config import PROJECT_ROOT
+
+    source = PROJECT_ROOT / NOTEBOOK
+    notebook = nbformat.read(source, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    setup = next(i for i, cell in enumerate(code) if "Workspace.open" in cell.source) + 1
+    summary = code[-1]
+    assert "workflow.summary(ws)" in summary.source
+    cells = [nbformat.v4.new_code_cell(f"profile, dataset, root = 'demo', None, {str(home)!r}"), *code[1:setup],
+             *reversed(code[setup:-1]), summary]
+    notebook.cells = cells
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(source.parent)}}).execute()
+    out = home / "reports" / "restarted.ipynb"
+    nbformat.write(notebook, out)
+    return _outputs(out)
+
 
 def test_predict_crops_a_dataset_image_like_training_and_agrees_with_evaluate(stages):
     from carclf import workflow
