@@ -32,7 +32,7 @@ demo: $(STAMP)
 # Everything on TensorFlow, then the backend-portable tests again on JAX.
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
-	KERAS_BACKEND=jax $(PY) -m pytest -q -m backend $(PYTEST_ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m "backend and not both_ways" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/input_pipeline.py

@@ -47,19 +47,21 @@ def _cpu_seconds():
 
 
 class _StageRun:
-    """What the block of :meth:`StageTimer.stage` may say about its run."""
+    """What the block of :meth:`StageTimer.stage` may say about its run: a ``status`` other than
+    "ok" (on success) or "failed" (on an exception)."""
 
-    cached = False
+    status = None
 
 
 class StageTimer:
     """Records wall and CPU minutes per stage, appended to a CSV under ``logs/``.
 
     The CSV survives a crash, so the table covers every stage ever run; a stage
-    that raised is recorded with ``status="failed"``, and one whose block set
-    ``run.cached = True`` (``with timer.stage(...) as run``) with
-    ``status="cached"``: loading a result does not replace the time it took to
-    compute. Use ``table()`` for the report's layout: one row per stage, one
+    that raised is recorded with ``status="failed"``. The block may set
+    another status (``with timer.stage(...) as run: ... run.status = "cached"``),
+    such as ``"cached"`` when it only loaded a stored result: only ``"ok"``
+    rows make the table, so loading a result does not replace the time it took
+    to compute. Use ``table()`` for the report's layout: one row per stage, one
     column pair per group (e.g. "default" and "optimal" hyperparameters).
     """
 
@@ -73,11 +75,13 @@ class StageTimer:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         wall0, cpu0 = time.perf_counter(), _cpu_seconds()
         run = _StageRun()
-        status = "failed"
         try:
             yield run
-            status = "cached" if run.cached else "ok"
+        except BaseException:
+            run.status = run.status or "failed"
+            raise
         finally:
+            status = run.status or "ok"
             row = {
                 "stage": name,
                 "group": group,

@@ -49,10 +49,17 @@ class Workspace:
 def _timed(ws, name):
     """Time a cached stage; a run that only loaded results is recorded as "cached", so the
     execution-time table keeps the minutes of the run that computed them."""
+    from carclf.cache import NotComputedError
+
     before = len(ws.cache.events)
     with ws.timer.stage(name) as run:
-        yield
-        run.cached = all(how == "loaded" for *_, how in ws.cache.events[before:])
+        try:
+            yield
+        except NotComputedError:
+            run.status = "missing"  # a read-only command looked for it: nothing ran
+            raise
+        if all(how == "loaded" for *_, how in ws.cache.events[before:]):
+            run.status = "cached"
 
 
 def _stored(ws, key, stage):
@@ -73,8 +80,12 @@ def dataset_root(ws):
     options = ws.settings["synthetic"]
     # One folder per set of options: make_synthetic refuses to mix two sets in one folder.
     root = ws.paths.data / "synthetic" / config_hash(options, length=8)
-    with ws.timer.stage("synthetic dataset"):
+    with ws.timer.stage("synthetic dataset") as run:
+        # The annotation files are written last: with them on disk, the set is complete.
+        complete = (root / "names.csv").is_file() or (root / "devkit" / "cars_meta.mat").is_file()
         make_synthetic(root, **options)
+        if complete:
+            run.status = "cached"
     return root
 
 
@@ -248,17 +259,18 @@ def trained_runs(ws, names=None, labels=LABELS):
     labels = _check_labels(labels)
     rows, missing = [], []
     with ws.cache.only_cached(*EXPENSIVE_STAGES):
-        optimal = ws.results.get("search")
-        if optimal is None and "optimal" in labels:
+        optimal = None
+        if "optimal" in labels:
             try:
-                optimal = search_hyperparameters(ws)
+                optimal = _stored(ws, "search", search_hyperparameters)
             except NotComputedError:
-                pass
+                pass  # no search yet, so no optimal run either
         for name in names or ws.settings["models"]:
             for label in labels:
+                if label == "optimal" and optimal is None:
+                    missing.append((name, label))
+                    continue
                 try:
-                    if label == "optimal" and optimal is None:
-                        raise NotComputedError("search", None, ws.cache.stage_dir("search"))
                     rows.append(train_model(ws, name, (label,), optimal))
                 except NotComputedError:
                     missing.append((name, label))

@@ -65,6 +65,10 @@ def test_a_stage_that_only_loaded_keeps_the_minutes_of_the_run_that_computed_it(
     with timer.stage("decode images"):
         time.sleep(0.3)
     with timer.stage("decode images") as run:
-        run.cached = True
-    assert list(timer.records()["status"]) == ["ok", "cached"]
+        run.status = "cached"
+    with pytest.raises(LookupError):
+        with timer.stage("decode images") as run:
+            run.status = "missing"
+            raise LookupError("not stored")
+    assert list(timer.records()["status"]) == ["ok", "cached", "missing"]
     assert timer.table().loc["decode images", ("default", "wall_min")] >= 0.3 / 60
