@@ -255,9 +255,9 @@ def build_parser():
 
 
 def _is_bad_input(exc):
-    from carclf.workflow import ImageFileError, NotTrainedError
+    from carclf.workflow import ImageFileError, ModelFileError, NotTrainedError
 
-    kinds = [DatasetError, NotTrainedError, ImageFileError]
+    kinds = [DatasetError, NotTrainedError, ImageFileError, ModelFileError]
     models = sys.modules.get("carclf.models")  # loaded whenever its error can have been raised
     if models is not None:
         kinds.append(models.UnknownModelError)

@@ -198,6 +198,10 @@ class ImageFileError(ValueError):
     """An image given to :func:`predict` is missing or is not an image OpenCV can read."""
 
 
+class ModelFileError(ValueError):
+    """A model file given to :func:`predict` is missing or does not fit the profile's classes."""
+
+
 def _check_labels(labels):
     labels = (labels,) if isinstance(labels, str) else tuple(labels)
     unknown = [label for label in labels if label not in LABELS]
@@ -362,11 +366,15 @@ def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None)
     if model_file is None:
         model_file = model_path(ws, trained_run(ws, name, label))
     elif not Path(model_file).is_file():
-        raise NotTrainedError(f"{model_file}: no such model file; give a .keras file saved by carclf "
-                              f"(models/<name>/<name>.keras)")
+        raise ModelFileError(f"{model_file}: no such model file; give a .keras file saved by carclf "
+                             f"(models/<name>/<name>.keras)")
     model = load_model(model_file, compile=False)
     frame = _stored(ws, "dataset", load_dataset).value
     class_names = frame.attrs["class_names"]
+    if model.output_shape[-1] != len(class_names):
+        raise ModelFileError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the dataset of "
+                             f"profile {ws.profile!r} has {len(class_names)} classes; give the --profile and "
+                             f"--dataset it was trained on")
     annotated = {Path(path).resolve(): (x1, y1, x2, y2)
                  for path, x1, y1, x2, y2 in frame[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False)}
     size = tuple(int(v) for v in model.input_shape[1:3])

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carclf import cli
+from carclf import cli, models
 from carclf.models import NAMES
 
 
@@ -81,6 +81,12 @@ def stages(tmp_path_factory):
     not_an_image = home / "notes.jpg"
     not_an_image.write_text("not a JPEG")
     runs["predict-bad"] = _main(home, "predict", str(home / "missing.jpg"))
+    models.build("model1", (32, 32, 3), 3).save(home / "three-classes.keras")
+    runs["predict-wrong-model"] = _main(home, "predict", "--model-file", str(home / "three-classes.keras"),
+                                        str(images[0]))
+    runs["predict-file"] = _main(home, "predict", "--json", "--top", "3", "--model-file",
+                                 str(home / "models" / "model1" / "model1.keras"), str(images[0]))
+    runs["predict-no-model"] = _main(home, "predict", "--model-file", str(home / "none.keras"), str(images[0]))
     runs["predict-unreadable"] = _main(home, "predict", str(not_an_image))
     return home, images, runs
 
@@ -192,16 +198,24 @@ def test_predict_gives_the_five_most_probable_classes_of_each_image(stages):
         probabilities = [entry["probability"] for entry in top]
         assert probabilities == sorted(probabilities, reverse=True)
         assert 0 < sum(probabilities) <= 1 + 1e-6
+    from_file = runs["predict-file"]
+    assert from_file.returncode == 0, from_file.stderr
+    assert [len(top) for top in json.loads(from_file.stdout).values()] == [3]
     text = runs["predict-text"]
     assert text.returncode == 0, text.stderr
     assert text.stdout.splitlines()[0] == str(images[0]) and text.stdout.splitlines()[5].lstrip().startswith("5. ")
 
 
-def test_predict_names_a_missing_or_unreadable_image(stages):
+def test_predict_names_a_missing_or_unreadable_image_or_model_file(stages):
     home, _, runs = stages
     missing, unreadable = runs["predict-bad"], runs["predict-unreadable"]
     assert missing.returncode == 2 and f"{home / 'missing.jpg'}: no such image file" in missing.stderr
     assert unreadable.returncode == 2 and f"{home / 'notes.jpg'}: not an image OpenCV can read" in unreadable.stderr
+    wrong, absent = runs["predict-wrong-model"], runs["predict-no-model"]
+    assert wrong.returncode == 2
+    assert f"{home / 'three-classes.keras'}: the model has 3 outputs but the dataset of profile 'demo' has 10" \
+        in wrong.stderr
+    assert absent.returncode == 2 and f"{home / 'none.keras'}: no such model file" in absent.stderr
 
 
 def _outputs(notebook):
