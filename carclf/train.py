@@ -944,9 +944,21 @@ def _phases(epochs: int, two_phase: bool, head_epochs, finetune_lr_scale) -> lis
     ]
 
 
+def _no_notebook_display():
+    """Keras renders the summary through rich, which in a notebook leaves an empty output block per call
+    even when the text is captured; IPython's capture swallows it. Outside IPython: nothing to do."""
+    try:
+        from IPython import get_ipython
+        from IPython.utils.capture import capture_output
+    except ImportError:
+        return contextlib.nullcontext()
+    return capture_output(stdout=False, stderr=False) if get_ipython() is not None else contextlib.nullcontext()
+
+
 def _summary_text(model, model_name, device, opt, builder_hp) -> str:
     lines: list[str] = []
-    model.summary(print_fn=lambda text, *args, **kwargs: lines.append(str(text)), line_length=120)
+    with _no_notebook_display():
+        model.summary(print_fn=lambda text, *args, **kwargs: lines.append(str(text)), line_length=120)
     n_frozen = sum(1 for layer in model.layers if not layer.trainable)
     lines += [
         "",

@@ -247,6 +247,9 @@ def test_the_demo_notebook_runs_end_to_end_then_from_the_cache(stages):
     assert executed.is_file() and executed.with_suffix(".html").is_file()
     done, total = _served(_outputs(executed))
     assert 0 < done < total  # what the commands computed loaded; the other models trained
+    displays = [out for cell in json.loads(executed.read_text())["cells"] for out in cell.get("outputs", [])
+                if out["output_type"] == "display_data"]
+    assert displays and all("".join(out["data"].get("text/plain", "")).strip() for out in displays)  # none empty
     for name in NAMES:
         for label in ("default", "optimal"):
             assert (home / "reports" / f"history_{name}_{label}.png").is_file()
