@@ -57,7 +57,7 @@ def _augment(args):
         return 0
     workflow.plot_augmentations(ws)
     print(f"augmented training set: {len(augmented)} images, {ws.settings['n_variants']} per original, "
-          f"under {ws.paths.augmented}\nexamples: {ws.paths.reports / 'augment_grid.png'}")
+          f"under {ws.paths.augmented}\nexamples: {workflow.report_path(ws, 'augment_grid')}")
     return 0
 
 
@@ -71,7 +71,7 @@ def _search(args):
     workflow.plot_search(ws, result)
     _print_table(result.trials)
     print(f"best {result.objective} {result.best_value:.4g} at trial {result.best_trial}: {result.best_params}\n"
-          f"plots: {ws.paths.reports / 'search_convergence.png'}, {ws.paths.reports / 'search_importance.png'}")
+          f"plots: {workflow.report_path(ws, 'search_convergence')}, {workflow.report_path(ws, 'search_importance')}")
     return 0
 
 
@@ -85,10 +85,6 @@ def _box(text):
     return x1, y1, x2, y2
 
 
-def _labels(choice):
-    return ("default", "optimal") if choice in (None, "both") else (choice,)
-
-
 def _train(args):
     import pandas as pd
 
@@ -99,10 +95,11 @@ def _train(args):
     ws = _workspace(args)
     if args.epochs:
         ws.settings["epochs"] = args.epochs
-    if names is None and args.hyperparams in (None, "both"):
+    labels = workflow.LABELS if args.hyperparams == "both" else (args.hyperparams,)
+    if names is None and labels == workflow.LABELS:
         table = workflow.train_models(ws)
     else:
-        table = pd.concat([workflow.train_model(ws, name, _labels(args.hyperparams))
+        table = pd.concat([workflow.train_model(ws, name, labels)
                            for name in names or ws.settings["models"]], ignore_index=True)
     _print_table(table.drop(columns=["train_key"]).set_index(["model", "hyperparams"]))
     print(f"models under {ws.paths.models}; `python -m carclf report` draws the plots")
@@ -116,13 +113,13 @@ def _evaluate(args):
     row = workflow.trained_run(ws, args.model, args.hyperparams)
     evaluation = workflow.evaluate_run(ws, row)
     stem = f"{row['model']}_{row['hyperparams']}"
-    workflow.plot_evaluation(ws, row["model"], row["hyperparams"], evaluation)
+    workflow.plot_evaluation(ws, row["model"], row["hyperparams"], evaluation, stem=stem)
     print(f"{row['model']} with the {row['hyperparams']} hyperparameters, on {len(evaluation.y_true)} test images")
     print(evaluation.classification_report_text)
     print("most confused pairs:")
     _print_table(evaluation.most_confused(10))
-    print(f"confusion matrix: {ws.paths.reports / f'confusion_{stem}.png'}\n"
-          f"per-class report: {ws.paths.reports / f'classification_{stem}.csv'}")
+    print(f"confusion matrix: {workflow.report_path(ws, 'confusion', stem=stem)}\n"
+          f"per-class report: {workflow.report_path(ws, 'classification', stem=stem)}")
     return 0
 
 

@@ -245,7 +245,7 @@ def train_models(ws, optimal=None):
     tables = [train_model(ws, name, optimal=optimal) for name in tqdm(ws.settings["models"], desc="models",
                                                                       unit="model")]
     table = pd.concat(tables, ignore_index=True)
-    _save_table(ws, table, "comparison.csv")
+    _save_table(ws, table, "comparison_table")
     ws.results["comparison"] = table
     return table
 
@@ -296,10 +296,6 @@ def trained_run(ws, name=None, label=None, metric="accuracy"):
 
     Raises :class:`NotTrainedError` when no such run has finished.
     """
-    if name is not None:
-        from carclf.models import check_name
-
-        check_name(name)
     table = trained_runs(ws, None if name is None else [name], LABELS if label is None else (label,))
     if table.empty:
         what = ("no model has been" if name is None else
@@ -393,8 +389,28 @@ def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None)
 # Plots and tables under reports/ (one file name per kind, for the notebook and the CLI alike)
 
 
-def _save_table(ws, table, name):
-    path = ws.paths.reports / name
+#: The files under reports/, by kind: the one place that names them, for the notebook and the command line.
+REPORT_FILES = {
+    "augment_grid": "augment_grid.png",
+    "search_convergence": "search_convergence.png",
+    "search_importance": "search_importance.png",
+    "history": "history_{model}_{hyperparams}.png",
+    "comparison_table": "comparison.csv",
+    "comparison": "comparison.png",
+    "classification": "classification_{stem}.csv",
+    "confusion": "confusion_{stem}.png",
+    "timings_table": "timings.csv",
+    "timings": "timings.png",
+}
+
+
+def report_path(ws, kind, **fields):
+    """Where the report file of ``kind`` (:data:`REPORT_FILES`) lives, e.g. ``report_path(ws, "confusion", stem="best")``."""
+    return ws.paths.reports / REPORT_FILES[kind].format(**fields)
+
+
+def _save_table(ws, table, kind, **fields):
+    path = report_path(ws, kind, **fields)
     atomic_write(path, table.to_csv(index=False).encode())
     return path
 
@@ -409,7 +425,7 @@ def plot_augmentations(ws, rows=range(4)):
     grid = augment.plot_augmentations(
         decoded["train"].read(rows, dtype="uint8"), seed=ws.settings["seed"], rows=rows,
         class_names=[frame.attrs["class_names"][c] for c in decoded["train"].class_ids[rows]])
-    report.save_figure(grid, ws.paths.reports / "augment_grid.png")
+    report.save_figure(grid, report_path(ws, "augment_grid"))
     return grid
 
 
@@ -418,8 +434,8 @@ def plot_search(ws, result=None):
     from carclf import search
 
     result = result or _stored(ws, "search", search_hyperparameters)
-    return (search.plot_convergence(result, out_path=ws.paths.reports / "search_convergence.png"),
-            search.plot_importance(result, out_path=ws.paths.reports / "search_importance.png"))
+    return (search.plot_convergence(result, out_path=report_path(ws, "search_convergence")),
+            search.plot_importance(result, out_path=report_path(ws, "search_importance")))
 
 
 def plot_histories(ws, table=None):
@@ -427,7 +443,7 @@ def plot_histories(ws, table=None):
     from carclf import report
 
     return [report.plot_history(history, f"{name} ({label})",
-                                out_path=ws.paths.reports / f"history_{name}_{label}.png")
+                                out_path=report_path(ws, "history", model=name, hyperparams=label))
             for (name, label), history in histories(ws, table).items()]
 
 
@@ -436,7 +452,7 @@ def plot_comparison(ws, table=None):
     from carclf import report
 
     return report.plot_comparison(_stored(ws, "comparison", train_models) if table is None else table,
-                                  out_path=ws.paths.reports / "comparison.png")
+                                  out_path=report_path(ws, "comparison"))
 
 
 def plot_evaluation(ws, name, label, evaluation, stem=None):
@@ -449,10 +465,10 @@ def plot_evaluation(ws, name, label, evaluation, stem=None):
 
     stem = stem or f"{name}_{label}"
     per_class = pd.DataFrame(evaluation.classification_report).T.rename_axis("class").reset_index()
-    _save_table(ws, per_class, f"classification_{stem}.csv")
+    _save_table(ws, per_class, "classification", stem=stem)
     class_names = evaluation.class_names
     return report.plot_confusion(evaluation.confusion_matrix, class_names, title=f"{name} ({label})",
-                                 out_path=ws.paths.reports / f"confusion_{stem}.png")
+                                 out_path=report_path(ws, "confusion", stem=stem))
 
 
 def plot_timings(ws):
@@ -460,8 +476,8 @@ def plot_timings(ws):
     from carclf import report
 
     table = report.timing_table(ws.timer)
-    atomic_write(ws.paths.reports / "timings.csv", table.to_csv().encode())
-    return table, report.plot_timings(table, out_path=ws.paths.reports / "timings.png")
+    atomic_write(report_path(ws, "timings_table"), table.to_csv().encode())
+    return table, report.plot_timings(table, out_path=report_path(ws, "timings"))
 
 
 def write_report(ws):
@@ -474,7 +490,7 @@ def write_report(ws):
     table = trained_runs(ws)
     if table.empty:
         raise _not_trained(ws, "no model has been")
-    _save_table(ws, table, "comparison.csv")
+    _save_table(ws, table, "comparison_table")
     ws.results["comparison"] = table
     plot_histories(ws, table)
     plot_comparison(ws, table)
