@@ -48,9 +48,16 @@ def build_rate(train, workers, args, scratch):
     """(images/s, cores busy on average) of one build from scratch (new cache, new folder)."""
     root = Path(tempfile.mkdtemp(dir=scratch, prefix=f"w{workers}-"))
     start, cpu = time.perf_counter(), cpu_seconds()
-    result = build_augmented_set(train, StageCache(root / "pickles"), out_dir=root / "augmented",
-                                 n_variants=args.variants, seed=0, workers=workers, executor=args.executor,
-                                 progress=False)
+    result = build_augmented_set(
+        train,
+        StageCache(root / "pickles"),
+        out_dir=root / "augmented",
+        n_variants=args.variants,
+        seed=0,
+        workers=workers,
+        executor=args.executor,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     assert result.written == len(train) * args.variants and not result.loaded
     return result.written / seconds, (cpu_seconds() - cpu) / seconds
@@ -91,9 +98,13 @@ def main():
     parser.add_argument("--classes", type=int, default=196)
     parser.add_argument("--per-class", type=int, default=10, help="training images per class (real set: about 42)")
     parser.add_argument("--size", type=int, default=224, help="square input size")
-    parser.add_argument("--variants", type=int, default=4,
-                        help="variants per image in the timed builds (default 4: 1,960 x 4 files, about as many "
-                             "as the real set's 8,144 x 1, so the workers' start-up weighs as it would there)")
+    parser.add_argument(
+        "--variants",
+        type=int,
+        default=4,
+        help="variants per image in the timed builds (default 4: 1,960 x 4 files, about as many "
+        "as the real set's 8,144 x 1, so the workers' start-up weighs as it would there)",
+    )
     parser.add_argument("--executor", choices=("process", "thread"), default="process")
     parser.add_argument("--workers", type=int, default=None, help="the parallel run's workers (default: all cores)")
     parser.add_argument("--repeats", type=int, default=2, help="timed builds per setting (best reported)")
@@ -101,6 +112,7 @@ def main():
     args = parser.parse_args()
 
     from _data import bench_train_frame
+
     from carclf.decoded import build_decoded_cache
 
     train_frame, _ = bench_train_frame(args.classes, args.per_class, args.root)
@@ -109,8 +121,9 @@ def main():
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="carclf-bench-augment-") as scratch:
         t0 = time.perf_counter()
-        train = build_decoded_cache(train_frame, StageCache(Path(scratch) / "decoded"),
-                                    image_size=(args.size, args.size), progress=False)["train"]
+        train = build_decoded_cache(
+            train_frame, StageCache(Path(scratch) / "decoded"), image_size=(args.size, args.size), progress=False
+        )["train"]
         print(f"box crops decoded at {args.size}x{args.size} in {time.perf_counter() - t0:.1f} s")
         one = many = (0.0, 0.0)
         for _ in range(args.repeats):  # interleaved, so a busy moment hurts both alike
@@ -121,22 +134,34 @@ def main():
         write_one = write_rate(scratch, 1, jpeg_bytes)
         write_many = write_rate(scratch, workers, jpeg_bytes)
 
-    print(f"machine load (1-min load average, {usable_cpus()} cores): {load_before:.1f} before the timings, "
-          f"{os.getloadavg()[0]:.1f} after (other jobs on the machine take cores from the parallel run)")
-    print(f"\noffline augmentation of {len(train)} crops x {args.variants} variants = {len(train) * args.variants} "
-          f"files, {args.executor} workers (best of {args.repeats}, worker start-up included)")
+    print(
+        f"machine load (1-min load average, {usable_cpus()} cores): {load_before:.1f} before the timings, "
+        f"{os.getloadavg()[0]:.1f} after (other jobs on the machine take cores from the parallel run)"
+    )
+    print(
+        f"\noffline augmentation of {len(train)} crops x {args.variants} variants = {len(train) * args.variants} "
+        f"files, {args.executor} workers (best of {args.repeats}, worker start-up included)"
+    )
     print(f"{'workers':<9}{'images/s':>9}{'cores busy':>12}{'8,144 x 1':>12}{f'8,144 x {args.variants}':>12}")
     for n, (rate, busy) in ((1, one), (workers, many)):
-        print(f"{n:<9}{rate:>9.0f}{busy:>12.2f}{REAL_TRAIN_IMAGES / rate / 60:>8.2f} min"
-              f"{REAL_TRAIN_IMAGES * args.variants / rate / 60:>8.2f} min")
+        print(
+            f"{n:<9}{rate:>9.0f}{busy:>12.2f}{REAL_TRAIN_IMAGES / rate / 60:>8.2f} min"
+            f"{REAL_TRAIN_IMAGES * args.variants / rate / 60:>8.2f} min"
+        )
     print(f"speed-up 1 -> {workers} workers: {many[0] / one[0]:.2f}x (target: at least 1.8x on 2 cores)")
-    print(f"  pipeline alone (augment + JPEG encode, {jpeg_bytes / 1e3:.0f} kB/image): {pipe_one:.0f} -> "
-          f"{pipe_many:.0f} images/s, {pipe_many / pipe_one:.2f}x")
-    print(f"  file writes alone (atomic_write, 1 -> {workers} threads): {write_one:.0f} -> {write_many:.0f} "
-          f"files/s, {write_many / write_one:.2f}x")
+    print(
+        f"  pipeline alone (augment + JPEG encode, {jpeg_bytes / 1e3:.0f} kB/image): {pipe_one:.0f} -> "
+        f"{pipe_many:.0f} images/s, {pipe_many / pipe_one:.2f}x"
+    )
+    print(
+        f"  file writes alone (atomic_write, 1 -> {workers} threads): {write_one:.0f} -> {write_many:.0f} "
+        f"files/s, {write_many / write_one:.2f}x"
+    )
     minutes = REAL_TRAIN_IMAGES / many[0] / 60
-    print(f"the real training set (8,144 images, 1 variant each) with {workers} workers: {minutes:.2f} min against "
-          f"the report's {REPORT_MINUTES} min ({REPORT_MINUTES / minutes:.0f}x faster; target: under 2 min)")
+    print(
+        f"the real training set (8,144 images, 1 variant each) with {workers} workers: {minutes:.2f} min against "
+        f"the report's {REPORT_MINUTES} min ({REPORT_MINUTES / minutes:.0f}x faster; target: under 2 min)"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from _data import bench_train_frame  # noqa: E402
+
 from carclf.cache import StageCache  # noqa: E402
 from carclf.decoded import build_decoded_cache  # noqa: E402
 from carclf.generators import ImageBatches  # noqa: E402
@@ -68,16 +69,24 @@ def main():
     import keras
 
     dataset = keras.utils.image_dataset_from_directory(
-        root / "car_data" / "car_data" / "train", label_mode="categorical", image_size=size,
-        batch_size=args.batch_size, shuffle=True, seed=0, verbose=False)
+        root / "car_data" / "car_data" / "train",
+        label_mode="categorical",
+        image_size=size,
+        batch_size=args.batch_size,
+        shuffle=True,
+        seed=0,
+        verbose=False,
+    )
     keras_rate, _ = images_per_second(lambda epoch: dataset, args.epochs)
 
     print(f"{'loader':<44}{'images/s':>10}")
     print(f"{'carclf decoded cache (ImageBatches)':<44}{ours_rate:>10.0f}")
     print(f"{'keras image_dataset_from_directory':<44}{keras_rate:>10.0f}")
     print(f"ratio: {ours_rate / keras_rate:.1f}x (target: 10x or more)")
-    print(f"one-time cache build: {build_s:.1f} s for {n} images ({n / build_s:.0f} images/s), "
-          f"repaid after {build_s / (n / keras_rate - n / ours_rate):.1f} epochs")
+    print(
+        f"one-time cache build: {build_s:.1f} s for {n} images ({n / build_s:.0f} images/s), "
+        f"repaid after {build_s / (n / keras_rate - n / ours_rate):.1f} epochs"
+    )
 
 
 if __name__ == "__main__":

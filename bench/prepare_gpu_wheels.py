@@ -55,10 +55,35 @@ WHEELS = {
 #: What the GPU machine's image already holds (the device notes' package list), as far as the
 #: benchmark's path goes.
 ON_MACHINE = {
-    "absl-py", "contourpy", "cycler", "fonttools", "h5py", "jax", "jaxlib", "joblib", "kiwisolver",
-    "markdown-it-py", "matplotlib", "mdurl", "ml-dtypes", "numpy", "opencv-python-headless", "packaging",
-    "pandas", "pillow", "pygments", "pyparsing", "python-dateutil", "pyyaml", "rich", "scikit-learn", "scipy",
-    "six", "threadpoolctl", "tqdm", "typing-extensions",
+    "absl-py",
+    "contourpy",
+    "cycler",
+    "fonttools",
+    "h5py",
+    "jax",
+    "jaxlib",
+    "joblib",
+    "kiwisolver",
+    "markdown-it-py",
+    "matplotlib",
+    "mdurl",
+    "ml-dtypes",
+    "numpy",
+    "opencv-python-headless",
+    "packaging",
+    "pandas",
+    "pillow",
+    "pygments",
+    "pyparsing",
+    "python-dateutil",
+    "pyyaml",
+    "rich",
+    "scikit-learn",
+    "scipy",
+    "six",
+    "threadpoolctl",
+    "tqdm",
+    "typing-extensions",
 }
 
 #: Manylinux tags pip may take for the x86-64 machine (pip matches each exactly).
@@ -90,8 +115,10 @@ def check_pins():
     for line in path.read_text().splitlines():
         match = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line)
         if match and carried.get(_norm(match[1]), match[2]) != match[2]:
-            print(f"WARNING: requirements.txt pins {match[1]}=={match[2]}, this script carries "
-                  f"{carried[_norm(match[1])]}: update WHEELS")
+            print(
+                f"WARNING: requirements.txt pins {match[1]}=={match[2]}, this script carries "
+                f"{carried[_norm(match[1])]}: update WHEELS"
+            )
 
 
 def download(dest, python_version):
@@ -105,8 +132,21 @@ def download(dest, python_version):
     have = {_wheel_name(w)[0] for w in dest.glob("*.whl")}
     missing = [f"{n}=={v}" for n, v in WHEELS.items() if _norm(n) not in have]
     if missing:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--python-version", python_version, "--implementation", "cp", "-d", str(dest), "-q"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            "-d",
+            str(dest),
+            "-q",
+        ]
         for platform in PLATFORMS:
             command += ["--platform", platform]
         subprocess.run(command + missing, check=True)
@@ -120,10 +160,17 @@ def requirements(wheel, python_version):
     with zipfile.ZipFile(wheel) as archive:
         meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         text = archive.read(meta).decode("utf-8", "replace")
-    machine = {"python_version": python_version, "python_full_version": f"{python_version}.0",
-               "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-               "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython",
-               "extra": ""}
+    machine = {
+        "python_version": python_version,
+        "python_full_version": f"{python_version}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": "",
+    }
     names = []
     for line in text.splitlines():
         if line.startswith("Requires-Dist:"):
@@ -140,8 +187,9 @@ def tree_bytes(exclude):
     """
     if shutil.which("git") is None:
         return None
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout
     total = 0
     for rel in filter(None, out.decode().split("\0")):
         path = REPO / rel
@@ -162,8 +210,9 @@ def main(argv=None):
     check_pins()
     wheels = download(dest, args.python_version)
     carried = {_wheel_name(w)[0] for w in wheels}
-    unmet = sorted({(w.name, r) for w in wheels for r in requirements(w, args.python_version)
-                    if r not in carried | ON_MACHINE})
+    unmet = sorted(
+        {(w.name, r) for w in wheels for r in requirements(w, args.python_version) if r not in carried | ON_MACHINE}
+    )
     wheel_bytes = sum(w.stat().st_size for w in wheels)
     repo_bytes = tree_bytes(dest)
     if repo_bytes is None:
@@ -175,24 +224,30 @@ def main(argv=None):
     print(f"{'wheel':<64}{'KiB':>10}")
     for wheel in wheels:
         print(f"{wheel.name:<64}{wheel.stat().st_size / 1024:>10,.0f}")
-    print(f"{len(wheels)} wheels: {wheel_bytes / 2**20:.1f} MiB; the repository's working tree: "
-          f"{repo_bytes / 2**20:.1f} MiB; together {total / 2**20:.1f} MiB of {args.limit_mib:g} MiB")
+    print(
+        f"{len(wheels)} wheels: {wheel_bytes / 2**20:.1f} MiB; the repository's working tree: "
+        f"{repo_bytes / 2**20:.1f} MiB; together {total / 2**20:.1f} MiB of {args.limit_mib:g} MiB"
+    )
     for wheel, name in unmet:
         print(f"WARNING: {wheel} needs {name}, which is neither carried nor listed as on the machine")
     if total > limit:
-        print(f"ERROR: {total / 2**20:.1f} MiB is over the {args.limit_mib:g} MiB limit: ignore or remove large "
-              f"untracked files, or carry fewer wheels")
+        print(
+            f"ERROR: {total / 2**20:.1f} MiB is over the {args.limit_mib:g} MiB limit: ignore or remove large "
+            f"untracked files, or carry fewer wheels"
+        )
         return 1
 
     inside = REPO in dest.parents
     folder = dest.relative_to(REPO).as_posix() if inside else str(dest)
-    install = (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
-               f"--target /tmp/site {folder}/*.whl && export PYTHONPATH=/tmp/site || exit; ")
+    install = (
+        f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "
+        f"--target /tmp/site {folder}/*.whl && export PYTHONPATH=/tmp/site || exit; "
+    )
     bench = f"KERAS_BACKEND=jax PYTHONUNBUFFERED=1 python3 bench/train_speed.py --models {DEVICE_MODELS} --budget-s 420"
     print()
     print("On the GPU machine (the device tool's run, from the repository root, carrying the wheel folder):")
     print(f"  command: {install}{bench} --json $OUT/train_speed.json 2>&1 | tee $OUT/train_speed.log")
-    print(f"  carry: [\"{folder}\"]   timeout_s: 590")
+    print(f'  carry: ["{folder}"]   timeout_s: 590')
     if not inside:
         print(f"  ({dest} is outside the repository: only a folder inside it, git-ignored, can be carried)")
     print()

@@ -101,35 +101,58 @@ TINY_BATCH = 8
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=None,
-                        help="comma-separated model names, measured in that order (default: all eight)")
-    parser.add_argument("--size", type=int, default=None, help="square input size (default 224; --tiny: the "
-                        "smallest size every chosen model accepts, at least 32)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", default=None, help="comma-separated model names, measured in that order (default: all eight)"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="square input size (default 224; --tiny: the smallest size every chosen model accepts, at least 32)",
+    )
     parser.add_argument("--classes", type=int, default=None, help="number of classes (default 196; --tiny: 4)")
-    parser.add_argument("--images", type=int, default=None,
-                        help="synthetic training images (default: 196 x 42 = 8,232 on a GPU, 2 per class on a "
-                             "CPU, 64 with --tiny)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="batch size for every model (default: per model, chosen for the device)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="synthetic training images (default: 196 x 42 = 8,232 on a GPU, 2 per class on a CPU, 64 with --tiny)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch size for every model (default: per model, chosen for the device)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps before timing (default 3; CPU 2)")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default 30; CPU 6; tiny 5)")
     parser.add_argument("--eval-steps", type=int, default=None, help="timed evaluation steps (default 20; CPU 4)")
-    parser.add_argument("--workers", default=None,
-                        help="generator worker threads (PyDataset workers), or 'auto': the fastest of 1 (not on a "
-                             "GPU), 2, 4, 8, 16 (up to the cores), measured first (default: auto on a GPU machine, "
-                             "1 on a CPU)")
-    parser.add_argument("--mixed-precision", default="auto",
-                        help="as run_model_pipeline: auto (mixed_float16 on a GPU), true, false, bfloat16, float32")
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help="generator worker threads (PyDataset workers), or 'auto': the fastest of 1 (not on a "
+        "GPU), 2, 4, 8, 16 (up to the cores), measured first (default: auto on a GPU machine, "
+        "1 on a CPU)",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        default="auto",
+        help="as run_model_pipeline: auto (mixed_float16 on a GPU), true, false, bfloat16, float32",
+    )
     parser.add_argument("--jit-compile", default="auto", help="as run_model_pipeline: auto (XLA on a GPU), true, false")
     parser.add_argument("--tiny", action="store_true", help="a tiny CPU-sized run (CI): small set, size, batch, steps")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="where the synthetic set and its decoded cache go (kept between runs; default "
-                             "data/bench/train-speed-...)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="where the synthetic set and its decoded cache go (kept between runs; default data/bench/train-speed-...)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (after every model)")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="start no new model after this many seconds (a run on a borrowed machine)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no new model after this many seconds (a run on a borrowed machine)",
+    )
     return parser.parse_args(argv)
 
 
@@ -174,8 +197,15 @@ def prepare_data(root, classes, per_class, size):
 
     t0 = time.perf_counter()
     widths = (max(64, size), max(96, 2 * size))
-    make_synthetic(root / "cars", n_classes=classes, per_class_train=per_class, per_class_test=1,
-                   size_range=widths, seed=1, progress=False)
+    make_synthetic(
+        root / "cars",
+        n_classes=classes,
+        per_class_train=per_class,
+        per_class_test=1,
+        size_range=widths,
+        seed=1,
+        progress=False,
+    )
     frame = load_stanford_cars(root / "cars")
     train = frame[frame["split"] == "train"]
     drawn = time.perf_counter() - t0
@@ -214,6 +244,7 @@ def generator_rate(split, batch, workers, batches=None):
     gen = full_batches(split, batch, True, workers)
     n = min(len(gen), batches or len(gen))
     with ThreadPoolExecutor(workers) as pool:
+
         def count():
             if workers == 1:
                 return sum(len(gen[i][0]) for i in range(n))
@@ -236,8 +267,10 @@ class OutOfMemory(RuntimeError):
 
 def _is_oom(exc):
     text = f"{type(exc).__name__}: {exc}"
-    return any(s in text for s in ("RESOURCE_EXHAUSTED", "ResourceExhausted", "Out of memory", "out of memory",
-                                   "OOM when allocating"))
+    return any(
+        s in text
+        for s in ("RESOURCE_EXHAUSTED", "ResourceExhausted", "Out of memory", "out of memory", "OOM when allocating")
+    )
 
 
 class StepTimer:
@@ -297,8 +330,12 @@ def measure(name, split, size, num_classes, batch, device, workers, warmup, step
         with precision_policy(device.policy):
             model = build(name, (size, size, 3), num_classes)
         optimizer, _ = make_optimizer(optimizer_settings({}))
-        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=report_metrics(),
-                      jit_compile=device.jit_compile)
+        model.compile(
+            optimizer=optimizer,
+            loss="categorical_crossentropy",
+            metrics=report_metrics(),
+            jit_compile=device.jit_compile,
+        )
         train = full_batches(split, batch, True, workers)
         evaluation = full_batches(split, batch, False, workers)
         # warm-up steps, then timed steps, in one call: no partial batch, no second start-up
@@ -309,12 +346,20 @@ def measure(name, split, size, num_classes, batch, device, workers, warmup, step
 
         # StopOnNonFiniteLoss is the pipeline's one per-batch callback (it reads the loss every step).
         timer = StepTimer(warm_train, warm_train + n_train - 1)
-        train_step, warm = timer.run(lambda cbs: model.fit(
-            train, epochs=1, steps_per_epoch=warm_train + n_train, verbose=0, shuffle=False,
-            callbacks=[StopOnNonFiniteLoss(name), *cbs]))
+        train_step, warm = timer.run(
+            lambda cbs: model.fit(
+                train,
+                epochs=1,
+                steps_per_epoch=warm_train + n_train,
+                verbose=0,
+                shuffle=False,
+                callbacks=[StopOnNonFiniteLoss(name), *cbs],
+            )
+        )
         timer = StepTimer(warm_eval, warm_eval + n_eval - 1)
-        eval_step, eval_warm = timer.run(lambda cbs: model.evaluate(
-            evaluation, steps=warm_eval + n_eval, verbose=0, callbacks=cbs))
+        eval_step, eval_warm = timer.run(
+            lambda cbs: model.evaluate(evaluation, steps=warm_eval + n_eval, verbose=0, callbacks=cbs)
+        )
         params = model.count_params()
     except Exception as exc:
         if _is_oom(exc):
@@ -362,8 +407,10 @@ def table(rows, backend, device):
     ]
     for row in rows:
         if "skipped" in row:
-            lines.append(f"| {row['model']} | {backend} | {device} | {row.get('batch', '-')} | {row['skipped']} "
-                         f"| | | | | {_fmt(REPORT_MINUTES[row['model']], 1)} |")
+            lines.append(
+                f"| {row['model']} | {backend} | {device} | {row.get('batch', '-')} | {row['skipped']} "
+                f"| | | | | {_fmt(REPORT_MINUTES[row['model']], 1)} |"
+            )
             continue
         lines.append(
             f"| {row['model']} | {backend} | {device} | {row['batch']} | {_fmt(row['train_images_per_s'], 1)} "
@@ -381,8 +428,11 @@ def summary(rows, generator, acc, all_eight, size=224):
     total = sum(r["projected_min"] for r in done)
     training = sum(r["projected_train_min"] for r in done)
     report = sum(REPORT_MINUTES[r["model"]] for r in done)
-    which = ("all eight models" if all_eight and len(done) == 8
-             else f"{len(done)} model(s): {', '.join(r['model'] for r in done)}")
+    which = (
+        "all eight models"
+        if all_eight and len(done) == 8
+        else f"{len(done)} model(s): {', '.join(r['model'] for r in done)}"
+    )
     out.append(
         f"projected full run, {which}: {_fmt(total, 1)} min ({_fmt(total / 60, 2)} h) = {EPOCHS} epochs x "
         f"({TRAIN_IMAGES:,} training + {TEST_IMAGES:,} validation images) + a final test on {TEST_IMAGES:,}; "
@@ -409,12 +459,16 @@ def summary(rows, generator, acc, all_eight, size=224):
     checks = []
     if resnet:
         ok = resnet["train_images_per_s"] >= TARGET_RESNET50
-        checks.append(f"ResNet50 {_fmt(resnet['train_images_per_s'])} images/s "
-                      f"(target >= {TARGET_RESNET50:,}: {'met' if ok else 'not met'})")
+        checks.append(
+            f"ResNet50 {_fmt(resnet['train_images_per_s'])} images/s "
+            f"(target >= {TARGET_RESNET50:,}: {'met' if ok else 'not met'})"
+        )
     if all_eight and len(done) == 8:
         ok = total < TARGET_FULL_RUN_MIN and report / total >= TARGET_SPEEDUP
-        checks.append(f"full run {_fmt(total, 1)} min, {_fmt(report / total, 1)}x "
-                      f"(target < {TARGET_FULL_RUN_MIN} min and >= {TARGET_SPEEDUP}x: {'met' if ok else 'not met'})")
+        checks.append(
+            f"full run {_fmt(total, 1)} min, {_fmt(report / total, 1)}x "
+            f"(target < {TARGET_FULL_RUN_MIN} min and >= {TARGET_SPEEDUP}x: {'met' if ok else 'not met'})"
+        )
     if gen:
         ok = ratio >= TARGET_INPUT_RATIO
         checks.append(f"input {ratio:.1f}x (target >= {TARGET_INPUT_RATIO:g}x: {'met' if ok else 'not met'})")
@@ -470,26 +524,46 @@ def main(argv=None):
 
     label = device_label(acc)
     print(f"# device: {acc.describe()}; {label}", flush=True)
-    print(f"# Keras {keras.__version__} on {backend}; dtype policy {device.policy}, XLA/jit_compile "
-          f"{device.jit_compile} (as run_model_pipeline sets them)", flush=True)
+    print(
+        f"# Keras {keras.__version__} on {backend}; dtype policy {device.policy}, XLA/jit_compile "
+        f"{device.jit_compile} (as run_model_pipeline sets them)",
+        flush=True,
+    )
 
     root = args.root or Paths.default().data / "bench" / f"train-speed-{classes}x{per_class}-{size}"
     split, drawn_s, decoded_s = prepare_data(Path(root), classes, per_class, size)
-    print(f"# data: {len(split):,} synthetic training images, {classes} classes, {size}x{size}; drawn/read in "
-          f"{drawn_s:.1f} s, decoded cache built/opened in {decoded_s:.1f} s ({root})", flush=True)
+    print(
+        f"# data: {len(split):,} synthetic training images, {classes} classes, {size}x{size}; drawn/read in "
+        f"{drawn_s:.1f} s, decoded cache built/opened in {decoded_s:.1f} s ({root})",
+        flush=True,
+    )
     if workers == "auto":
         workers, tried = choose_workers(split, min(batch_for(names[0]), len(split)), least=2 if gpu else 1)
-        print("# generator threads: " + ", ".join(f"{w}: {r:,.0f} images/s" for w, r in tried.items())
-              + f" -> {workers}", flush=True)
+        print(
+            "# generator threads: " + ", ".join(f"{w}: {r:,.0f} images/s" for w, r in tried.items()) + f" -> {workers}",
+            flush=True,
+        )
     workers = int(workers)
-    print(f"# generator: ImageBatches over the decoded cache, {workers} worker thread(s); warm-up {warmup} steps, "
-          f"timed {steps} training and {eval_steps} evaluation steps per model", flush=True)
+    print(
+        f"# generator: ImageBatches over the decoded cache, {workers} worker thread(s); warm-up {warmup} steps, "
+        f"timed {steps} training and {eval_steps} evaluation steps per model",
+        flush=True,
+    )
 
     rows, generator = [], {}
     results = {
-        "backend": backend, "device": label, "accelerator": acc.describe(), "policy": device.policy,
-        "jit_compile": device.jit_compile, "keras": keras.__version__, "size": size, "classes": classes,
-        "images": len(split), "workers": workers, "rows": rows, "generator": generator,
+        "backend": backend,
+        "device": label,
+        "accelerator": acc.describe(),
+        "policy": device.policy,
+        "jit_compile": device.jit_compile,
+        "keras": keras.__version__,
+        "size": size,
+        "classes": classes,
+        "images": len(split),
+        "workers": workers,
+        "rows": rows,
+        "generator": generator,
     }
 
     def save():
@@ -522,8 +596,11 @@ def main(argv=None):
                 generator[batch] = {"images_per_s": rate, "workers": workers, "size": size}
                 if workers > 1:
                     generator[batch]["one_thread_images_per_s"] = generator_rate(split, batch, 1)
-            print(f"# {name}: {row['train_images_per_s']:,.1f} images/s training, {row['eval_images_per_s']:,.1f} "
-                  f"evaluating, warm-up {row['warmup_s']:.1f} s", flush=True)
+            print(
+                f"# {name}: {row['train_images_per_s']:,.1f} images/s training, {row['eval_images_per_s']:,.1f} "
+                f"evaluating, warm-up {row['warmup_s']:.1f} s",
+                flush=True,
+            )
         rows.append(row)
         save()
 

@@ -64,35 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("carclf.augment")
 
-# =========================================================================== #
-# THE PIPELINE: the one place to edit it.
-#
-# The report's "Data Augmentation Step" (albumentations 1.3.1), in its order
-# and with its probabilities, written for albumentations 2.0.8. Where a 2.x
-# default differs from 1.3.1's, the 1.3.1 value is spelled out, so the images
-# look like the report's:
-#
-# | # | report (1.3.1)                        | here (2.0.8)                                   | why                                        |
-# |---|---------------------------------------|------------------------------------------------|--------------------------------------------|
-# | 1 | HorizontalFlip(p=0.5)                 | HorizontalFlip(p=0.5)                          | unchanged                                  |
-# | 2 | RandomBrightnessContrast(p=0.2)       | + brightness_limit=0.2, contrast_limit=0.2     | 1.3 defaults, spelled out (same in 2.x)    |
-# | 3 | Rotate(limit=12, p=0.5)               | + border_mode=cv2.BORDER_REFLECT_101           | 2.x pads with black; 1.3 reflected         |
-# | 4 | ShiftScaleRotate(shift_limit=0.05,    | Affine(translate_percent=(-0.05, 0.05),        | ShiftScaleRotate is deprecated in 2.x (it  |
-# |   |   scale_limit=0.05, rotate_limit=4,   |   scale=(0.95, 1.05), rotate=(-4, 4),          | warns, and its shim scales x and y apart   |
-# |   |   p=0.2)                              |   keep_ratio=True,                             | and pads with black); keep_ratio=True is   |
-# |   |                                       |   border_mode=cv2.BORDER_REFLECT_101, p=0.2)   | 1.3's single scale, reflect its border     |
-# | 5 | GaussianBlur(blur_limit=(3, 5),       | + sigma_limit=(0.8, 1.1)                       | 1.3's sigma 0 meant "from the kernel":     |
-# |   |   p=0.6)                              |                                                | 0.8 for 3x3, 1.1 for 5x5; 2.x's default is |
-# |   |                                       |                                                | 0.5..3 and sigma 0 divides by zero         |
-# | 6 | HueSaturationValue(hue_shift_limit=10,| the same                                       | unchanged                                  |
-# |   |   sat_shift_limit=20,                 |                                                |                                            |
-# |   |   val_shift_limit=10, p=0.3)          |                                                |                                            |
-# | 7 | GridDistortion(num_steps=5,           | + normalized=False,                            | 2.x normalizes the grid by default; 1.3    |
-# |   |   distort_limit=0.2, p=0.2)           |   border_mode=cv2.BORDER_REFLECT_101           | did not, and reflected its border          |
-#
-# Each entry is (albumentations class name, keyword arguments): plain data, so
-# it is hashed into the offline set's key (change it and a new set is built).
-# =========================================================================== #
+# THE PIPELINE: the one place to edit it. The report's seven transforms (albumentations 1.3.1), in its
+# order and with its probabilities, written for albumentations 2.0.8; docs/augmentation.md maps each one.
 
 REPORT_PIPELINE: tuple = (
     ("HorizontalFlip", {"p": 0.5}),
@@ -139,7 +112,9 @@ def _check_declaration(declaration):
     try:
         entries = [(str(name), dict(kwargs)) for name, kwargs in declaration]
     except (TypeError, ValueError):
-        raise ValueError(f"a pipeline is a sequence of (transform name, kwargs) pairs, got {declaration!r:.200}") from None
+        raise ValueError(
+            f"a pipeline is a sequence of (transform name, kwargs) pairs, got {declaration!r:.200}"
+        ) from None
     for name, _ in entries:
         if not isinstance(getattr(A, name, None), type):
             raise ValueError(f"albumentations {A.__version__} has no transform {name!r}")
@@ -343,7 +318,9 @@ def _train_split(source):
         raise ValueError(f"only the training split is augmented, got split {source.split!r} (the test set never is)")
     for attr in ("images", "class_ids", "paths", "num_classes"):
         if not hasattr(source, attr):
-            raise TypeError(f"source must be a DecodedSplit (or build_decoded_cache's dict), got {type(source).__name__}")
+            raise TypeError(
+                f"source must be a DecodedSplit (or build_decoded_cache's dict), got {type(source).__name__}"
+            )
     images = source.images
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise ValueError(f"source images must be uint8 (N, H, W, 3) with N > 0, got {images.dtype} {images.shape}")
@@ -370,8 +347,12 @@ def source_fingerprint(split) -> str:
     arrays are hashed.
     """
     digest = hashlib.sha256()
-    head = [[str(p) for p in split.paths], np.asarray(split.class_ids).tolist(), list(split.images.shape),
-            int(split.num_classes)]
+    head = [
+        [str(p) for p in split.paths],
+        np.asarray(split.class_ids).tolist(),
+        list(split.images.shape),
+        int(split.num_classes),
+    ]
     digest.update(json.dumps(head, separators=(",", ":")).encode())
     mapped = _whole_memmap(split.images)
     if mapped is not None:
@@ -457,7 +438,9 @@ class _Runner:
     def _start(self):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.total, initial=self.initial, desc="augmenting", unit="img", disable=not self.progress)
+        self.bar = tqdm(
+            total=self.total, initial=self.initial, desc="augmenting", unit="img", disable=not self.progress
+        )
         # this process augments too: OpenCV's own threads would compete with the workers
         self._cv2_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
@@ -553,8 +536,9 @@ class AugmentedSet:
         cache = cache or self.cache
         if cache is None:
             raise ValueError("to_split needs a StageCache to hold the decoded variants")
-        decoded = build_decoded_cache(self.frame(), cache, image_size=self.image_size, crop="full", margin=0.0,
-                                      workers=workers, progress=progress)["train"]
+        decoded = build_decoded_cache(
+            self.frame(), cache, image_size=self.image_size, crop="full", margin=0.0, workers=workers, progress=progress
+        )["train"]
         return DecodedSplit(decoded.images, decoded.class_ids, decoded.paths, "augmented", self.num_classes)
 
 
@@ -615,8 +599,10 @@ def build_augmented_set(
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # a spawned worker is importing an unguarded main script: do not start a second build
-        raise RuntimeError("build_augmented_set called while a worker process imports the main script; "
-                           "put the call under `if __name__ == '__main__':`")
+        raise RuntimeError(
+            "build_augmented_set called while a worker process imports the main script; "
+            "put the call under `if __name__ == '__main__':`"
+        )
     split = _train_split(source)
     if isinstance(n_variants, bool) or not isinstance(n_variants, (int, np.integer)) or n_variants < 1:
         raise ValueError(f"n_variants must be an int >= 1, got {n_variants!r}")
@@ -661,8 +647,18 @@ def build_augmented_set(
 
     def result_of(stage_result, written):
         manifest = read_manifest(folder)
-        return AugmentedSet(folder, key, manifest, image_size, int(split.num_classes), n_variants, seed,
-                            stage_result.loaded, written, cache)
+        return AugmentedSet(
+            folder,
+            key,
+            manifest,
+            image_size,
+            int(split.num_classes),
+            n_variants,
+            seed,
+            stage_result.loaded,
+            written,
+            cache,
+        )
 
     mapped = _whole_memmap(images)
     chunk_size = int(chunk_size)
@@ -693,21 +689,31 @@ def build_augmented_set(
         return {"start": start, "stop": stop}
 
     def combine(done):
-        records = [(names[row][v], paths[row], row, v, int(class_ids[row]))
-                   for row in range(len(split)) for v in range(n_variants)]
+        records = [
+            (names[row][v], paths[row], row, v, int(class_ids[row]))
+            for row in range(len(split))
+            for v in range(n_variants)
+        ]
         atomic_write(folder / "manifest.csv", _manifest_bytes(records))
         # a SIGKILL mid-write can leave a temp file; every result file is in place now
         for stale in folder.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-        return {"manifest": "manifest.csv", "files": len(records), "image_size": image_size,
-                "num_classes": int(split.num_classes), "n_variants": n_variants, "seed": seed}
+        return {
+            "manifest": "manifest.csv",
+            "files": len(records),
+            "image_size": image_size,
+            "num_classes": int(split.num_classes),
+            "n_variants": n_variants,
+            "seed": seed,
+        }
 
     def run_stage():
         nonlocal runner
         parts = cache.parts_dir(STAGE, key)
-        done_rows = sum(stop - start for unit, (start, stop) in bounds.items()
-                        if (parts / f"{unit_filename(unit)}.pkl").is_file())
+        done_rows = sum(
+            stop - start for unit, (start, stop) in bounds.items() if (parts / f"{unit_filename(unit)}.pkl").is_file()
+        )
         runner = _Runner(workers, executor, progress, len(split) * n_variants, done_rows * n_variants)
         folder.mkdir(parents=True, exist_ok=True)
         try:

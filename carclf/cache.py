@@ -28,9 +28,10 @@ import pickle
 import re
 import secrets
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -249,7 +250,7 @@ def _dep_key(dep) -> str:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
 class StageCache:

@@ -56,8 +56,10 @@ def _augment(args):
         print(f"profile {ws.profile!r} augments {ws.settings['augmentation']!r}: there is no offline set to build")
         return 0
     workflow.plot_augmentations(ws)
-    print(f"augmented training set: {len(augmented)} images, {ws.settings['n_variants']} per original, "
-          f"under {ws.paths.augmented}\nexamples: {workflow.report_path(ws, 'augment_grid')}")
+    print(
+        f"augmented training set: {len(augmented)} images, {ws.settings['n_variants']} per original, "
+        f"under {ws.paths.augmented}\nexamples: {workflow.report_path(ws, 'augment_grid')}"
+    )
     return 0
 
 
@@ -70,8 +72,10 @@ def _search(args):
     result = workflow.search_hyperparameters(ws)
     workflow.plot_search(ws, result)
     _print_table(result.trials)
-    print(f"best {result.objective} {result.best_value:.4g} at trial {result.best_trial}: {result.best_params}\n"
-          f"plots: {workflow.report_path(ws, 'search_convergence')}, {workflow.report_path(ws, 'search_importance')}")
+    print(
+        f"best {result.objective} {result.best_value:.4g} at trial {result.best_trial}: {result.best_params}\n"
+        f"plots: {workflow.report_path(ws, 'search_convergence')}, {workflow.report_path(ws, 'search_importance')}"
+    )
     return 0
 
 
@@ -79,7 +83,7 @@ def _box(text):
     try:
         x1, y1, x2, y2 = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not X1,Y1,X2,Y2 (four integers, e.g. 40,60,320,150)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not X1,Y1,X2,Y2 (four integers, e.g. 40,60,320,150)") from None
     if x2 <= x1 or y2 <= y1:
         raise argparse.ArgumentTypeError(f"{text!r}: the box needs X2 > X1 and Y2 > Y1")
     return x1, y1, x2, y2
@@ -99,8 +103,9 @@ def _train(args):
     if names is None and labels == workflow.LABELS:
         table = workflow.train_models(ws)
     else:
-        table = pd.concat([workflow.train_model(ws, name, labels)
-                           for name in names or ws.settings["models"]], ignore_index=True)
+        table = pd.concat(
+            [workflow.train_model(ws, name, labels) for name in names or ws.settings["models"]], ignore_index=True
+        )
     _print_table(table.drop(columns=["train_key"]).set_index(["model", "hyperparams"]))
     print(f"models under {ws.paths.models}; `python -m carclf report` draws the plots")
     return 0
@@ -118,8 +123,10 @@ def _evaluate(args):
     print(evaluation.classification_report_text)
     print("most confused pairs:")
     _print_table(evaluation.most_confused(10))
-    print(f"confusion matrix: {workflow.report_path(ws, 'confusion', stem=stem)}\n"
-          f"per-class report: {workflow.report_path(ws, 'classification', stem=stem)}")
+    print(
+        f"confusion matrix: {workflow.report_path(ws, 'confusion', stem=stem)}\n"
+        f"per-class report: {workflow.report_path(ws, 'classification', stem=stem)}"
+    )
     return 0
 
 
@@ -144,12 +151,15 @@ def _predict(args):
     from carclf import workflow
 
     ws = _workspace(args)
-    table = workflow.predict(ws, args.images, args.model, args.hyperparams, args.model_file, top=args.top,
-                             box=args.box)
+    table = workflow.predict(ws, args.images, args.model, args.hyperparams, args.model_file, top=args.top, box=args.box)
     if args.json:
-        out = {image: [{"class": row.class_name, "class_id": int(row.class_id), "probability": float(row.probability)}
-                       for row in group.itertuples()]
-               for image, group in table.groupby("input", sort=False)}
+        out = {
+            image: [
+                {"class": row.class_name, "class_id": int(row.class_id), "probability": float(row.probability)}
+                for row in group.itertuples()
+            ]
+            for image, group in table.groupby("input", sort=False)
+        }
         print(json.dumps(out, indent=2))
         return 0
     for image, group in table.groupby("input", sort=False):
@@ -172,9 +182,12 @@ def _run(args):
     try:
         executed, html = workflow.run_notebook(args.profile, root=args.root, dataset=args.dataset)
     except PapermillExecutionError as exc:
-        print(f"carclf: the notebook stopped in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-              f"The executed notebook, with the traceback, is in {Paths.default(args.root).reports}; "
-              "fix the cause and run again: finished stages load from the cache.", file=sys.stderr)
+        print(
+            f"carclf: the notebook stopped in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+            f"The executed notebook, with the traceback, is in {Paths.default(args.root).reports}; "
+            "fix the cause and run again: finished stages load from the cache.",
+            file=sys.stderr,
+        )
         return 1
     print(f"executed notebook: {executed}\nHTML copy: {html}")
     return 0
@@ -190,21 +203,33 @@ MODEL_NAMES = ("model1", "alexnet", "vgg16", "resnet50", "densenet121", "imagene
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m carclf", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--root", help="where data/, pickles/, models/, logs/ and reports/ live (default: the "
-                                       "project folder or $CARCLF_HOME)")
+    parser = argparse.ArgumentParser(
+        prog="python -m carclf",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "--root",
+        help="where data/, pickles/, models/, logs/ and reports/ live (default: the project folder or $CARCLF_HOME)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # --root is accepted after the command too; SUPPRESS keeps an absent one from hiding the global one.
     root = argparse.ArgumentParser(add_help=False)
     root.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     profile = argparse.ArgumentParser(add_help=False, parents=[root])
-    profile.add_argument("--profile", choices=["demo", "full"], default="demo",
-                         help="demo: the synthetic set on a CPU; full: the report's run (default: demo)")
-    profile.add_argument("--dataset", help="dataset folder, the Kaggle class-folder copy or the Stanford devkit "
-                                           "(default for full: data/stanford_cars)")
+    profile.add_argument(
+        "--profile",
+        choices=["demo", "full"],
+        default="demo",
+        help="demo: the synthetic set on a CPU; full: the report's run (default: demo)",
+    )
+    profile.add_argument(
+        "--dataset",
+        help="dataset folder, the Kaggle class-folder copy or the Stanford devkit "
+        "(default for full: data/stanford_cars)",
+    )
     profile.add_argument("--image-size", type=int, help="square input size in pixels (default: the profile's)")
 
     def command(name, run, help, parents=(profile,)):
@@ -213,38 +238,65 @@ def build_parser():
         return sub
 
     which = argparse.ArgumentParser(add_help=False)
-    which.add_argument("--hyperparams", choices=["default", "optimal"],
-                       help="which run of the model (default: the better one by test accuracy)")
+    which.add_argument(
+        "--hyperparams",
+        choices=["default", "optimal"],
+        help="which run of the model (default: the better one by test accuracy)",
+    )
 
     command("prepare", _prepare, "load and validate the dataset, build the decoded image cache")
     command("augment", _augment, "build the offline augmented training set; a grid of examples in reports/")
     search = command("search", _search, "run (or resume, or extend) the hyperparameter search")
     search.add_argument("--trials", type=int, help="how many trials the search should have (more extends it)")
-    train = command("train", _train, "train models (default: every model of the profile) with the default "
-                                     "and the optimal hyperparameters")
-    train.add_argument("--model", action="append", metavar="NAME",
-                       help=f"a model to train, repeatable; one of {', '.join(MODEL_NAMES)}")
-    train.add_argument("--hyperparams", choices=["default", "optimal", "both"], default="both",
-                       help="which runs: optimal ones need the search, which runs first if it has not")
+    train = command(
+        "train",
+        _train,
+        "train models (default: every model of the profile) with the default and the optimal hyperparameters",
+    )
+    train.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help=f"a model to train, repeatable; one of {', '.join(MODEL_NAMES)}",
+    )
+    train.add_argument(
+        "--hyperparams",
+        choices=["default", "optimal", "both"],
+        default="both",
+        help="which runs: optimal ones need the search, which runs first if it has not",
+    )
     train.add_argument("--epochs", type=int, help="the most epochs per run (default: the profile's)")
-    evaluate = command("evaluate", _evaluate, "test a trained run: classification report, confusion matrix, "
-                                              "the most confused classes", parents=(profile, which))
+    evaluate = command(
+        "evaluate",
+        _evaluate,
+        "test a trained run: classification report, confusion matrix, the most confused classes",
+        parents=(profile, which),
+    )
     evaluate.add_argument("--model", metavar="NAME", help="the model (default: the best trained run)")
-    command("report", _report, "comparison table and plots, training curves and the execution-time table, "
-                               "for the runs trained so far")
-    predict = command("predict", _predict, "the most probable classes of image files, from a saved model",
-                      parents=(profile, which))
+    command(
+        "report",
+        _report,
+        "comparison table and plots, training curves and the execution-time table, for the runs trained so far",
+    )
+    predict = command(
+        "predict", _predict, "the most probable classes of image files, from a saved model", parents=(profile, which)
+    )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
     predict.add_argument("--model", metavar="NAME", help="the model (default: the best trained run)")
     predict.add_argument("--model-file", help="a saved .keras file to use instead of a trained run")
     predict.add_argument("--top", type=int, default=5, help="how many classes per image (default: 5)")
-    predict.add_argument("--box", type=_box, metavar="X1,Y1,X2,Y2",
-                         help="the car's box in pixels, for every image (default: a dataset image's annotated "
-                              "box, else the whole image)")
+    predict.add_argument(
+        "--box",
+        type=_box,
+        metavar="X1,Y1,X2,Y2",
+        help="the car's box in pixels, for every image (default: a dataset image's annotated "
+        "box, else the whole image)",
+    )
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    run = command("run", _run, "the notebook headless, end to end; the executed copy and HTML in reports/",
-                  parents=(root,))
+    run = command(
+        "run", _run, "the notebook headless, end to end; the executed copy and HTML in reports/", parents=(root,)
+    )
     run.add_argument("--profile", choices=["demo", "full"], default="demo")
     run.add_argument("--dataset", help="dataset folder for the full profile (default: data/stanford_cars)")
     command("demo", _demo, "the notebook end to end on the synthetic set (= run --profile demo)", parents=(root,))

@@ -4,6 +4,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+
 def usable_cpus():
     """The CPUs this process may run on (a container's or taskset's limit, not the machine's count)."""
     try:
@@ -97,14 +98,29 @@ PROFILES = {
         "batch_size": 16,
         "epochs": 1,
         "accum_steps": None,
-        "models": ["model1", "alexnet", "vgg16", "resnet50", "densenet121", "imagenet", "efficientnetb0",
-                   "inceptionv3"],
+        "models": [
+            "model1",
+            "alexnet",
+            "vgg16",
+            "resnet50",
+            "densenet121",
+            "imagenet",
+            "efficientnetb0",
+            "inceptionv3",
+        ],
         # On a CPU the six large bases train frozen (the report's x_trainable="none"): their
         # training graphs take most of a demo's time to build. model1 and AlexNet train whole.
         "hyperparams": {**DEFAULT_HYPERPARAMS, "learning_rate": 1e-3, "weights": None, "x_trainable": "none"},
         "hyperparams_by_model": {"model1": {"x_trainable": "all"}, "alexnet": {"x_trainable": "all"}},
-        "search": {"backend": "skopt", "model": "model1", "n_trials": 4, "epochs": 2, "n_initial_points": 2,
-                   "subsample": None, "input_size": None},
+        "search": {
+            "backend": "skopt",
+            "model": "model1",
+            "n_trials": 4,
+            "epochs": 2,
+            "n_initial_points": 2,
+            "subsample": None,
+            "input_size": None,
+        },
         "seed": 0,
     },
     "full": {
@@ -119,12 +135,27 @@ PROFILES = {
         "batch_size": 32,
         "epochs": 22,
         "accum_steps": None,
-        "models": ["model1", "alexnet", "vgg16", "resnet50", "densenet121", "imagenet", "efficientnetb0",
-                   "inceptionv3"],
+        "models": [
+            "model1",
+            "alexnet",
+            "vgg16",
+            "resnet50",
+            "densenet121",
+            "imagenet",
+            "efficientnetb0",
+            "inceptionv3",
+        ],
         "hyperparams": {**DEFAULT_HYPERPARAMS, "weights": "imagenet"},
         "hyperparams_by_model": {},
-        "search": {"backend": "skopt", "model": "resnet50", "n_trials": 20, "epochs": 5, "n_initial_points": 10,
-                   "subsample": 0.5, "input_size": (160, 160)},
+        "search": {
+            "backend": "skopt",
+            "model": "resnet50",
+            "n_trials": 20,
+            "epochs": 5,
+            "n_initial_points": 10,
+            "subsample": 0.5,
+            "input_size": (160, 160),
+        },
         "seed": 0,
     },
 }

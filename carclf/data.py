@@ -38,11 +38,27 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 #: Columns of the frame :func:`scan_stanford_cars` returns, in order.
-COLUMNS = ["path", "filename", "split", "class_id", "class_name", "x1", "y1", "x2", "y2",
-           "width", "height", "mode", "clipped", "degenerate"]
+COLUMNS = [
+    "path",
+    "filename",
+    "split",
+    "class_id",
+    "class_name",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "width",
+    "height",
+    "mode",
+    "clipped",
+    "degenerate",
+]
 
-_POINT_ROOT = ("point `root` at the folder that holds names.csv, anno_train.csv and car_data/ "
-               "(the Kaggle copy) or cars_train/ and devkit/ (the Stanford devkit)")
+_POINT_ROOT = (
+    "point `root` at the folder that holds names.csv, anno_train.csv and car_data/ "
+    "(the Kaggle copy) or cars_train/ and devkit/ (the Stanford devkit)"
+)
 _TEST_MAT = "cars_test_annos_withlabels.mat"
 
 # Windows forbids more characters in a name than POSIX ("/" and NUL); replacing
@@ -110,9 +126,9 @@ class ValidationReport:
 
     def problems(self, include_notes: bool = True) -> list:
         """``(kind, Problem)`` pairs, all kinds in order."""
-        return [(kind, p) for kind in self._kinds()
-                if include_notes or kind not in self.NOTES
-                for p in getattr(self, kind)]
+        return [
+            (kind, p) for kind in self._kinds() if include_notes or kind not in self.NOTES for p in getattr(self, kind)
+        ]
 
     @property
     def ok(self) -> bool:
@@ -122,8 +138,7 @@ class ValidationReport:
     def summary(self) -> str:
         """A short multi-line account: where, what was kept, and each count."""
         kept = ", ".join(f"{s} {self.images.get(s, 0)}/{self.annotations.get(s, 0)}" for s in SPLITS)
-        lines = [f"Stanford Cars at {self.root} ({self.layout} layout)",
-                 f"  images kept / annotated: {kept}"]
+        lines = [f"Stanford Cars at {self.root} ({self.layout} layout)", f"  images kept / annotated: {kept}"]
         lines += [f"  {kind.replace('_', ' ')}: {n}" for kind, n in self.counts().items()]
         lines.append("  status: " + ("ok" if self.ok else "problems found (see report.to_frame())"))
         return "\n".join(lines)
@@ -148,8 +163,10 @@ def _root(root) -> Path:
 _MARKERS = {
     # (files that identify the layout, files that only add weight to it)
     CLASS_FOLDER: (("names.csv", "anno_train.csv", "car_data"), ("anno_test.csv",)),
-    DEVKIT: (("cars_train", "devkit/cars_meta.mat", "devkit/cars_train_annos.mat"),
-             ("cars_test", _TEST_MAT, f"devkit/{_TEST_MAT}")),
+    DEVKIT: (
+        ("cars_train", "devkit/cars_meta.mat", "devkit/cars_train_annos.mat"),
+        ("cars_test", _TEST_MAT, f"devkit/{_TEST_MAT}"),
+    ),
 }
 
 
@@ -175,8 +192,7 @@ def detect_layout(root) -> str:
         hints = [c for c in sorted(path.iterdir()) if c.is_dir() and any(_markers(c).values())]
         hint = f" (did you mean {hints[0]}?)" if hints else ""
         listing = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-        raise DatasetError(f"no Stanford Cars layout recognised in {path}: it holds {listing}{hint}; "
-                           f"{_POINT_ROOT}")
+        raise DatasetError(f"no Stanford Cars layout recognised in {path}: it holds {listing}{hint}; {_POINT_ROOT}")
     if len(found[CLASS_FOLDER]) == len(found[DEVKIT]):
         return CLASS_FOLDER if "names.csv" in found[CLASS_FOLDER] else DEVKIT
     return max(found, key=lambda k: len(found[k]))
@@ -210,8 +226,11 @@ def class_names(root, layout: str | None = None) -> list:
     path = _root(root)
     layout = layout or detect_layout(path)
     if layout == DEVKIT:
-        cells = _loadmat(path / "devkit" / "cars_meta.mat", "class_names",
-                         "it ships in the Stanford devkit (car_devkit.tgz) under devkit/")
+        cells = _loadmat(
+            path / "devkit" / "cars_meta.mat",
+            "class_names",
+            "it ships in the Stanford devkit (car_devkit.tgz) under devkit/",
+        )
         names = [str(_mat_value(c)) for c in np.asarray(cells).ravel()]
         source = path / "devkit" / "cars_meta.mat"
     else:
@@ -225,8 +244,10 @@ def class_names(root, layout: str | None = None) -> list:
             names.pop()
         blank = [i + 1 for i, n in enumerate(names) if not n]
         if blank:
-            raise DatasetError(f"{source}: line {blank[0]} is empty; every line up to the last must hold "
-                               f"one class name, because line k is class id k")
+            raise DatasetError(
+                f"{source}: line {blank[0]} is empty; every line up to the last must hold "
+                f"one class name, because line k is class id k"
+            )
     if not names:
         raise DatasetError(f"{source} holds no class names: restore it from the dataset download")
     return names
@@ -252,15 +273,19 @@ def _read_csv_annotations(path: Path, split: str) -> list:
             if not row or not "".join(row).strip():
                 continue
             if len(row) != 6:
-                raise DatasetError(f"{path}: line {number} has {len(row)} fields, expected 6 "
-                                   f"(filename,x1,y1,x2,y2,class_id): {','.join(row)!r}")
+                raise DatasetError(
+                    f"{path}: line {number} has {len(row)} fields, expected 6 "
+                    f"(filename,x1,y1,x2,y2,class_id): {','.join(row)!r}"
+                )
             try:
                 x1, y1, x2, y2, cid = (int(v) for v in row[1:])
             except ValueError:
                 if number == 1 and not row[0].lower().endswith(IMAGE_EXTENSIONS):
                     continue  # a header line, added by some re-packagings
-                raise DatasetError(f"{path}: line {number} has a non-integer box or class id "
-                                   f"(expected filename,x1,y1,x2,y2,class_id): {','.join(row)!r}") from None
+                raise DatasetError(
+                    f"{path}: line {number} has a non-integer box or class id "
+                    f"(expected filename,x1,y1,x2,y2,class_id): {','.join(row)!r}"
+                ) from None
             rows.append(_Annotation(split, f"{path.name} line {number}", row[0].strip(), (x1, y1, x2, y2), cid))
     return rows
 
@@ -271,8 +296,9 @@ def _test_mat(path: Path) -> Path:
             return candidate
     unlabelled = [p for p in (path / "cars_test_annos.mat", path / "devkit" / "cars_test_annos.mat") if p.is_file()]
     if unlabelled:
-        raise DatasetError(f"{unlabelled[0]} has no class labels: download {_TEST_MAT} "
-                           f"and put it in {path} or {path / 'devkit'}")
+        raise DatasetError(
+            f"{unlabelled[0]} has no class labels: download {_TEST_MAT} and put it in {path} or {path / 'devkit'}"
+        )
     return path / _TEST_MAT
 
 
@@ -282,8 +308,10 @@ def _read_mat_annotations(path: Path, split: str) -> list:
     wanted = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
     have = records.dtype.names or ()
     if any(name not in have for name in wanted):
-        raise DatasetError(f"{path}: `annotations` lacks fields {[n for n in wanted if n not in have]} "
-                           f"(it has {list(have)}); the test set needs {_TEST_MAT}, which carries the labels")
+        raise DatasetError(
+            f"{path}: `annotations` lacks fields {[n for n in wanted if n not in have]} "
+            f"(it has {list(have)}); the test set needs {_TEST_MAT}, which carries the labels"
+        )
     rows = []
     for i, rec in enumerate(records, start=1):
         try:
@@ -308,8 +336,7 @@ def _read_annotations(path: Path, layout: str, split: str) -> list:
 
 def _is_image(entry: os.DirEntry) -> bool:
     # Dot-files are skipped: synthetic.py writes ".name.tmp" files while it works.
-    return (not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-            and entry.is_file())
+    return not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
 
 
 def _image_dir(path: Path, layout: str, split: str) -> Path:
@@ -337,8 +364,13 @@ def _locate_class_folder(folder: Path, anns: list, names: list, report: Validati
                 loose.append(entry.name)
     known = {folder_name(n) for n in names}
     for name in sorted(set(on_disk) - known):
-        report.unknown_folders.append(Problem(split, name, f"{len(on_disk[name])} images in {folder / name}; "
-                                              f"no class name in names.csv maps to this folder"))
+        report.unknown_folders.append(
+            Problem(
+                split,
+                name,
+                f"{len(on_disk[name])} images in {folder / name}; no class name in names.csv maps to this folder",
+            )
+        )
     anywhere = {}
     for name in sorted(on_disk):
         for f in on_disk[name]:
@@ -353,27 +385,37 @@ def _locate_class_folder(folder: Path, anns: list, names: list, report: Validati
         if actual is not None:
             used.add((actual, ann.filename))
         if ann.filename in seen:
-            report.duplicate_annotations.append(Problem(split, ann.filename,
-                                                        f"{ann.where} repeats an earlier row; kept the first"))
+            report.duplicate_annotations.append(
+                Problem(split, ann.filename, f"{ann.where} repeats an earlier row; kept the first")
+            )
             continue
         seen.add(ann.filename)
         if expected is None:
-            report.unknown_class_ids.append(Problem(split, ann.filename, f"{ann.where}: class id {ann.class_id} "
-                                                    f"is not in 1..{len(names)}"))
+            report.unknown_class_ids.append(
+                Problem(split, ann.filename, f"{ann.where}: class id {ann.class_id} is not in 1..{len(names)}")
+            )
         elif actual is None:
-            report.missing_files.append(Problem(split, ann.filename, f"{ann.where}: not in {folder / expected} "
-                                                f"nor anywhere under {folder}"))
+            report.missing_files.append(
+                Problem(split, ann.filename, f"{ann.where}: not in {folder / expected} nor anywhere under {folder}")
+            )
         else:
             if actual != expected:
-                report.folder_mismatches.append(Problem(split, ann.filename, f"{ann.where} says class {ann.class_id} "
-                                                        f"({expected!r}) but the file is in {actual or '.'!r}; "
-                                                        f"used it, labelled by the annotation"))
+                report.folder_mismatches.append(
+                    Problem(
+                        split,
+                        ann.filename,
+                        f"{ann.where} says class {ann.class_id} "
+                        f"({expected!r}) but the file is in {actual or '.'!r}; "
+                        f"used it, labelled by the annotation",
+                    )
+                )
             found.append((ann, os.path.join(folder, actual, ann.filename)))
     for name, files in sorted(on_disk.items()):
         for f in sorted(files):
             if (name, f) not in used:
-                report.unannotated_images.append(Problem(split, f"{name}/{f}",
-                                                         f"in {folder / name}, no row in anno_{split}.csv"))
+                report.unannotated_images.append(
+                    Problem(split, f"{name}/{f}", f"in {folder / name}, no row in anno_{split}.csv")
+                )
     for f in sorted(loose):
         if ("", f) not in used:
             report.unannotated_images.append(Problem(split, f, f"loose in {folder}, no row in anno_{split}.csv"))
@@ -386,13 +428,15 @@ def _locate_devkit(folder: Path, anns: list, names: list, report: ValidationRepo
     seen, found = set(), []
     for ann in anns:
         if ann.filename in seen:
-            report.duplicate_annotations.append(Problem(split, ann.filename,
-                                                        f"{ann.where} repeats an earlier record; kept the first"))
+            report.duplicate_annotations.append(
+                Problem(split, ann.filename, f"{ann.where} repeats an earlier record; kept the first")
+            )
             continue
         seen.add(ann.filename)
         if not 1 <= ann.class_id <= len(names):
-            report.unknown_class_ids.append(Problem(split, ann.filename, f"{ann.where}: class id {ann.class_id} "
-                                                    f"is not in 1..{len(names)}"))
+            report.unknown_class_ids.append(
+                Problem(split, ann.filename, f"{ann.where}: class id {ann.class_id} is not in 1..{len(names)}")
+            )
         elif ann.filename not in on_disk:
             report.missing_files.append(Problem(split, ann.filename, f"{ann.where}: not in {folder}"))
         else:
@@ -458,24 +502,37 @@ def scan_stanford_cars(root, check_images: bool = False, workers: int | None = N
             continue
         box, clipped, degenerate = _fit_box(ann.box, width, height)
         if clipped:
-            report.clipped_boxes.append(Problem(ann.split, ann.filename, f"{ann.where}: box {ann.box} clipped to "
-                                                f"{box if not degenerate else 'nothing'} on a {width}x{height} image"))
+            report.clipped_boxes.append(
+                Problem(
+                    ann.split,
+                    ann.filename,
+                    f"{ann.where}: box {ann.box} clipped to "
+                    f"{box if not degenerate else 'nothing'} on a {width}x{height} image",
+                )
+            )
         if degenerate:
-            report.degenerate_boxes.append(Problem(ann.split, ann.filename, f"{ann.where}: box {ann.box} has no area "
-                                                   f"on a {width}x{height} image; used the whole image"))
+            report.degenerate_boxes.append(
+                Problem(
+                    ann.split,
+                    ann.filename,
+                    f"{ann.where}: box {ann.box} has no area on a {width}x{height} image; used the whole image",
+                )
+            )
         cid = ann.class_id - 1
         rows.append((file, ann.filename, ann.split, cid, names[cid], *box, width, height, mode, clipped, degenerate))
     rows.sort(key=lambda r: (SPLITS.index(r[2]), r[1]))
 
     frame = pd.DataFrame(rows, columns=COLUMNS)
     ints = ["class_id", "x1", "y1", "x2", "y2", "width", "height"]
-    frame = frame.astype({**{c: "int64" for c in ints}, "clipped": bool, "degenerate": bool})
+    frame = frame.astype({**dict.fromkeys(ints, "int64"), "clipped": bool, "degenerate": bool})
     for split in SPLITS:
         report.images[split] = int((frame["split"] == split).sum())
         if not report.images[split]:
-            raise DatasetError(f"no usable {split} images in {path}: {report.annotations[split]} annotations "
-                               f"read, none matched a readable image under {_image_dir(path, layout, split)}.\n"
-                               f"{report.summary()}")
+            raise DatasetError(
+                f"no usable {split} images in {path}: {report.annotations[split]} annotations "
+                f"read, none matched a readable image under {_image_dir(path, layout, split)}.\n"
+                f"{report.summary()}"
+            )
     frame.attrs["class_names"] = list(names)
     return frame, report
 
@@ -495,10 +552,12 @@ def load_stanford_cars(root, strict: bool = False, check_images: bool = False) -
         shown = [f"  {kind}: {p.split} {p.file}: {p.detail}" for kind, p in problems[:20]]
         if len(problems) > 20:
             shown.append(f"  ... and {len(problems) - 20} more")
-        raise DatasetError(f"{len(problems)} problems in the dataset at {report.root} (strict mode):\n"
-                           + "\n".join(shown)
-                           + "\nFix them, or load with strict=False to leave those rows out "
-                             "(they stay listed in frame.attrs['report']).")
+        raise DatasetError(
+            f"{len(problems)} problems in the dataset at {report.root} (strict mode):\n"
+            + "\n".join(shown)
+            + "\nFix them, or load with strict=False to leave those rows out "
+            "(they stay listed in frame.attrs['report'])."
+        )
     frame.attrs["report"] = report
     return frame
 

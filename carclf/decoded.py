@@ -83,9 +83,7 @@ def _decode(path, box, image_size, crop, margin, expect_wh=None):
         raise ValueError(f"cv2 cannot decode image {path}")
     height, width = image.shape[:2]
     if expect_wh is not None and (width, height) != tuple(expect_wh):
-        raise ValueError(
-            f"image {path} decodes to {width}x{height} but the frame says {expect_wh[0]}x{expect_wh[1]}"
-        )
+        raise ValueError(f"image {path} decodes to {width}x{height} but the frame says {expect_wh[0]}x{expect_wh[1]}")
     if crop == "box" and box is not None:
         left, top, right, bottom = crop_window(box, width, height, margin)
         if right <= left or bottom <= top:
@@ -255,7 +253,9 @@ class _Builder:
             from tqdm.auto import tqdm
 
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="carclf-decode")
-            self.bar = tqdm(total=self.total, initial=self.done_rows, desc="decoding", unit="img", disable=not self.progress)
+            self.bar = tqdm(
+                total=self.total, initial=self.done_rows, desc="decoding", unit="img", disable=not self.progress
+            )
         images = self.array(split)
         records = self.plan[split]["records"]
         futures = [self.pool.submit(self._one, images, row, records[row]) for row in range(start, stop)]
@@ -372,7 +372,9 @@ def build_decoded_cache(
         stop - start for unit, (_, start, stop) in bounds.items() if (parts / f"{unit_filename(unit)}.pkl").is_file()
     )
     plan = _plan(frame, splits)
-    builder = _Builder(folder, plan, image_size, crop, margin, workers, progress, sum(config["rows"].values()), done_rows)
+    builder = _Builder(
+        folder, plan, image_size, crop, margin, workers, progress, sum(config["rows"].values()), done_rows
+    )
 
     def combine(done):
         return {
@@ -381,7 +383,12 @@ def build_decoded_cache(
             "margin": config["margin"],
             "num_classes": num_classes,
             "splits": {
-                s: {"file": f"{s}.npy", "shape": shapes[s], "class_ids": plan[s]["class_ids"], "paths": plan[s]["paths"]}
+                s: {
+                    "file": f"{s}.npy",
+                    "shape": shapes[s],
+                    "class_ids": plan[s]["class_ids"],
+                    "paths": plan[s]["paths"],
+                }
                 for s in splits
             },
         }
@@ -407,13 +414,23 @@ def open_decoded(cache: StageCache, key: str) -> dict[str, DecodedSplit]:
     folder = cache.artifact_dir(STAGE, key, create=False)
     return {
         split: DecodedSplit(
-            np.load(folder / info["file"], mmap_mode="r"), info["class_ids"], info["paths"], split, descriptor["num_classes"]
+            np.load(folder / info["file"], mmap_mode="r"),
+            info["class_ids"],
+            info["paths"],
+            split,
+            descriptor["num_classes"],
         )
         for split, info in descriptor["splits"].items()
     }
 
 
 __all__ = [
-    "DecodedSplit", "STAGE", "build_decoded_cache", "crop_window", "decode_image", "epoch_order", "frame_fingerprint",
+    "DecodedSplit",
+    "STAGE",
+    "build_decoded_cache",
+    "crop_window",
+    "decode_image",
+    "epoch_order",
+    "frame_fingerprint",
     "open_decoded",
 ]

@@ -114,7 +114,10 @@ def _jax_accelerator() -> Accelerator:
     if platform == "gpu" or platform == "cuda":
         first = devices[0]
         return Accelerator(
-            "jax", "gpu", len(devices), getattr(first, "device_kind", "GPU"),
+            "jax",
+            "gpu",
+            len(devices),
+            getattr(first, "device_kind", "GPU"),
             _parse_cc(getattr(first, "compute_capability", None)),
         )
     if platform == "tpu":
@@ -127,7 +130,10 @@ def _torch_accelerator() -> Accelerator:
 
     if torch.cuda.is_available():
         return Accelerator(
-            "torch", "gpu", torch.cuda.device_count(), torch.cuda.get_device_name(0),
+            "torch",
+            "gpu",
+            torch.cuda.device_count(),
+            torch.cuda.get_device_name(0),
             tuple(torch.cuda.get_device_capability(0)),
         )
     return Accelerator("torch", "cpu")
@@ -142,8 +148,9 @@ def detect_accelerator() -> Accelerator:
     try:
         return detect()
     except Exception as exc:  # a broken driver must not stop a CPU run
-        log.warning("could not detect accelerators on the %s backend (%s: %s); assuming CPU",
-                    backend, type(exc).__name__, exc)
+        log.warning(
+            "could not detect accelerators on the %s backend (%s: %s); assuming CPU", backend, type(exc).__name__, exc
+        )
         return Accelerator(backend, "cpu")
 
 
@@ -218,7 +225,11 @@ def configure(mixed_precision="auto", jit_compile="auto", accelerator: Accelerat
     config = DeviceConfig(acc, resolve_precision(mixed_precision, acc), resolve_jit_compile(jit_compile, acc))
     log.info(
         "device: %s; dtype policy %s (asked %r); XLA/jit_compile %s (asked %r)",
-        acc.describe(), config.policy, mixed_precision, config.jit_compile, jit_compile,
+        acc.describe(),
+        config.policy,
+        mixed_precision,
+        config.jit_compile,
+        jit_compile,
     )
     return config
 

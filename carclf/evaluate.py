@@ -55,13 +55,20 @@ class EvaluationResult:
     @property
     def classification_report(self) -> dict:
         """scikit-learn's report as a dict (class names as keys; classes without test images included)."""
-        return classification_report(self.y_true, self.y_pred, labels=self.labels, target_names=self.class_names,
-                                     output_dict=True, zero_division=0)
+        return classification_report(
+            self.y_true,
+            self.y_pred,
+            labels=self.labels,
+            target_names=self.class_names,
+            output_dict=True,
+            zero_division=0,
+        )
 
     @property
     def classification_report_text(self) -> str:
-        return classification_report(self.y_true, self.y_pred, labels=self.labels, target_names=self.class_names,
-                                     digits=3, zero_division=0)
+        return classification_report(
+            self.y_true, self.y_pred, labels=self.labels, target_names=self.class_names, digits=3, zero_division=0
+        )
 
     @property
     def confusion_matrix(self) -> np.ndarray:
@@ -91,14 +98,16 @@ class EvaluationResult:
         counts = cm[true_ids, pred_ids]
         order = np.lexsort((pred_ids, true_ids, -counts))[:n]
         names = np.asarray(self.class_names, dtype=object)
-        return pd.DataFrame({
-            "true_class": names[true_ids[order]],
-            "predicted_class": names[pred_ids[order]],
-            "count": counts[order].astype(int),
-            "share": counts[order] / np.maximum(totals[true_ids[order]], 1),
-            "true_id": true_ids[order],
-            "predicted_id": pred_ids[order],
-        })
+        return pd.DataFrame(
+            {
+                "true_class": names[true_ids[order]],
+                "predicted_class": names[pred_ids[order]],
+                "count": counts[order].astype(int),
+                "share": counts[order] / np.maximum(totals[true_ids[order]], 1),
+                "true_id": true_ids[order],
+                "predicted_id": pred_ids[order],
+            }
+        )
 
     def comparison_row(self, model_name: str, hyperparams_label: str = "default") -> dict:
         """One row of the model comparison table: the test metrics and the macro averages."""
@@ -131,13 +140,15 @@ def top_k(probabilities, class_names, k: int = 5, index=None) -> pd.DataFrame:
     # A stable sort keeps equal probabilities in class order, so the answer does not depend on the platform.
     best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     names = np.asarray(class_names, dtype=object)
-    return pd.DataFrame({
-        "input": np.repeat(np.asarray(index, dtype=object), k),
-        "rank": np.tile(np.arange(1, k + 1), len(best)),
-        "class_id": best.ravel(),
-        "class_name": names[best.ravel()],
-        "probability": np.take_along_axis(probabilities, best, axis=1).ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "input": np.repeat(np.asarray(index, dtype=object), k),
+            "rank": np.tile(np.arange(1, k + 1), len(best)),
+            "class_id": best.ravel(),
+            "class_name": names[best.ravel()],
+            "probability": np.take_along_axis(probabilities, best, axis=1).ravel(),
+        }
+    )
 
 
 def comparison_table(rows) -> pd.DataFrame:
@@ -161,8 +172,9 @@ def evaluate_predictions(y_true, probabilities, class_names=None) -> EvaluationR
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {num_classes} outputs")
     onehot = np.eye(num_classes, dtype=np.float32)[y_true]
-    metrics = {"loss": float(np.mean(keras.ops.convert_to_numpy(
-        keras.losses.categorical_crossentropy(onehot, probabilities))))}
+    metrics = {
+        "loss": float(np.mean(keras.ops.convert_to_numpy(keras.losses.categorical_crossentropy(onehot, probabilities))))
+    }
     for metric in report_metrics():
         metric.update_state(onehot, probabilities)
         metrics[metric.name] = float(keras.ops.convert_to_numpy(metric.result()))
@@ -184,8 +196,10 @@ def evaluate_model(model, test_generator, class_names=None, verbose=0) -> Evalua
     between reading the labels and predicting.
     """
     if getattr(test_generator, "shuffle", False):
-        raise ValueError("evaluate_model needs an unshuffled generator (shuffle=False): the order of the "
-                         "predictions must match the order of the labels")
+        raise ValueError(
+            "evaluate_model needs an unshuffled generator (shuffle=False): the order of the "
+            "predictions must match the order of the labels"
+        )
     probabilities = model.predict(test_generator, verbose=verbose)
     y_true = _labels_in_order(test_generator)
     if len(y_true) != len(probabilities):

@@ -72,7 +72,7 @@ class ImageBatches(keras.utils.PyDataset):
         """The split's row numbers that make up batch ``index`` of the current epoch."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
-        return self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
 
     def __getitem__(self, index):
         rows = self.batch_indices(index)
@@ -105,7 +105,9 @@ class ConcatSplit:
             if part.num_classes != first.num_classes:
                 raise ValueError(f"splits disagree on num_classes: {first.num_classes} and {part.num_classes}")
             if tuple(part.images.shape[1:]) != tuple(first.images.shape[1:]):
-                raise ValueError(f"splits disagree on image shape: {first.images.shape[1:]} and {part.images.shape[1:]}")
+                raise ValueError(
+                    f"splits disagree on image shape: {first.images.shape[1:]} and {part.images.shape[1:]}"
+                )
         self.split = split
         self.num_classes = first.num_classes
         self.class_ids = np.concatenate([np.asarray(p.class_ids, dtype=np.int64) for p in self.parts])
@@ -172,8 +174,10 @@ def _splits(decoded, cache, input_shape, progress):
     try:
         train, test = decoded
     except (TypeError, ValueError):
-        raise TypeError("decoded must be build_decoded_cache's dict, a (train, test) pair of splits, "
-                        f"or a dataset folder; got {type(decoded).__name__}") from None
+        raise TypeError(
+            "decoded must be build_decoded_cache's dict, a (train, test) pair of splits, "
+            f"or a dataset folder; got {type(decoded).__name__}"
+        ) from None
     return train, test
 
 
@@ -246,8 +250,15 @@ def make_generators(
     if augmentation == "online":
         augment = OnlineAugment(pipeline)
 
-    train_gen = ImageBatches(train, batch_size=batch_size, shuffle=True, seed=seed, augment=augment,
-                             mix=batch_mixer(cutmix, mixup), **pydataset_kwargs)
+    train_gen = ImageBatches(
+        train,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        augment=augment,
+        mix=batch_mixer(cutmix, mixup),
+        **pydataset_kwargs,
+    )
     test_gen = ImageBatches(test, batch_size=batch_size, shuffle=False, seed=seed, **pydataset_kwargs)
     return train_gen, test_gen
 

@@ -43,9 +43,7 @@ class _ChannelGate(layers.Layer):
         super().__init__(**kwargs)
         reduction = self.default_reduction if reduction is None else reduction
         if isinstance(reduction, bool) or int(reduction) != reduction or reduction < 1:
-            raise ValueError(
-                f"{type(self).__name__}: `reduction` must be a positive integer, got {reduction!r}"
-            )
+            raise ValueError(f"{type(self).__name__}: `reduction` must be a positive integer, got {reduction!r}")
         self.reduction = int(reduction)
 
     def build(self, input_shape):
@@ -154,9 +152,7 @@ class CustomLayer(layers.Layer):
         super().__init__(**kwargs)
         key = str(block_type).lower()
         if key not in _BLOCK_TYPES:
-            raise ValueError(
-                f"CustomLayer: block_type must be one of {sorted(_BLOCK_TYPES)}, got {block_type!r}"
-            )
+            raise ValueError(f"CustomLayer: block_type must be one of {sorted(_BLOCK_TYPES)}, got {block_type!r}")
         self.block_type = key
         block_class = _BLOCK_TYPES[key]
         self.block = block_class(

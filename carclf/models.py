@@ -76,8 +76,8 @@ feature map, which is enough for CPU tests but not for real training.
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -170,7 +170,7 @@ class _Base:
 
     label: str  # the keras.applications name, for messages
     factory: Callable[..., keras.Model]
-    preprocessing: Optional[str]  # ImagePreprocessing mode; None: built into the base
+    preprocessing: str | None  # ImagePreprocessing mode; None: built into the base
     transfer_layer: str
     weights_file: str  # the no-top ImageNet file keras.applications downloads
     weights_url: str
@@ -264,9 +264,7 @@ def _download_help(base, err):
 def _check_input_shape(name, input_shape, need_rgb):
     shape = tuple(input_shape)
     if len(shape) != 3 or any(d is None for d in shape):
-        raise ValueError(
-            f"{name}: input_shape must be a fixed (height, width, channels), got {input_shape!r}"
-        )
+        raise ValueError(f"{name}: input_shape must be a fixed (height, width, channels), got {input_shape!r}")
     height, width, channels = (int(d) for d in shape)
     minimum = MIN_INPUT_SIZE[name]
     if height < minimum or width < minimum:
@@ -347,12 +345,9 @@ def _trainable_tail(x_trainable, n_base):
             return min(PARTIAL_TRAINABLE_LAYERS, n_base)
         if key.isdigit():
             return min(int(key), n_base)
-    elif isinstance(x_trainable, (int, np.integer)) and not isinstance(x_trainable, bool):
-        if x_trainable >= 0:
-            return min(int(x_trainable), n_base)
-    raise ValueError(
-        f"x_trainable must be 'all', 'none', 'partial' or a non-negative integer; got {x_trainable!r}"
-    )
+    elif isinstance(x_trainable, (int, np.integer)) and not isinstance(x_trainable, bool) and x_trainable >= 0:
+        return min(int(x_trainable), n_base)
+    raise ValueError(f"x_trainable must be 'all', 'none', 'partial' or a non-negative integer; got {x_trainable!r}")
 
 
 def set_trainable(base_layers, x_trainable):
@@ -661,9 +656,7 @@ def _alexnet_trunk(input_shape):
     ]
     pool = 0
     for index, (filters, kernel, strides, padding, pooled) in enumerate(convs, start=1):
-        x = layers.Conv2D(
-            filters, kernel, strides=strides, padding=padding, activation="relu", name=f"conv{index}"
-        )(x)
+        x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, activation="relu", name=f"conv{index}")(x)
         x = layers.BatchNormalization(name=f"conv{index}_bn")(x)
         if pooled:
             pool += 1
@@ -758,8 +751,17 @@ def finetune_vgg16(
     Arguments and return value as ``finetune_model``.
     """
     return finetune_model(
-        base_model, transfer_layer, x_trainable, dropout, fc_layers, num_classes, new_weights,
-        spatial_dropout=spatial_dropout, custom_blocks=True, pooling="flatten", name="vgg16",
+        base_model,
+        transfer_layer,
+        x_trainable,
+        dropout,
+        fc_layers,
+        num_classes,
+        new_weights,
+        spatial_dropout=spatial_dropout,
+        custom_blocks=True,
+        pooling="flatten",
+        name="vgg16",
     )
 
 
@@ -778,8 +780,17 @@ def finetune_resnet50(
     Arguments and return value as ``finetune_model``.
     """
     return finetune_model(
-        base_model, transfer_layer, x_trainable, dropout, fc_layers, num_classes, new_weights,
-        spatial_dropout=spatial_dropout, custom_blocks=True, pooling="avg", name="resnet50",
+        base_model,
+        transfer_layer,
+        x_trainable,
+        dropout,
+        fc_layers,
+        num_classes,
+        new_weights,
+        spatial_dropout=spatial_dropout,
+        custom_blocks=True,
+        pooling="avg",
+        name="resnet50",
     )
 
 
@@ -798,8 +809,17 @@ def finetune_densenet121(
     Arguments and return value as ``finetune_model``.
     """
     return finetune_model(
-        base_model, transfer_layer, x_trainable, dropout, fc_layers, num_classes, new_weights,
-        spatial_dropout=spatial_dropout, custom_blocks=False, pooling="flatten", name="densenet121",
+        base_model,
+        transfer_layer,
+        x_trainable,
+        dropout,
+        fc_layers,
+        num_classes,
+        new_weights,
+        spatial_dropout=spatial_dropout,
+        custom_blocks=False,
+        pooling="flatten",
+        name="densenet121",
     )
 
 
@@ -818,8 +838,17 @@ def finetune_imagenet(
     Arguments and return value as ``finetune_model``.
     """
     return finetune_model(
-        base_model, transfer_layer, x_trainable, dropout, fc_layers, num_classes, new_weights,
-        spatial_dropout=spatial_dropout, custom_blocks=True, pooling="flatten", name="imagenet",
+        base_model,
+        transfer_layer,
+        x_trainable,
+        dropout,
+        fc_layers,
+        num_classes,
+        new_weights,
+        spatial_dropout=spatial_dropout,
+        custom_blocks=True,
+        pooling="flatten",
+        name="imagenet",
     )
 
 
@@ -838,8 +867,17 @@ def finetune_efficientnetb0(
     Arguments and return value as ``finetune_model``.
     """
     return finetune_model(
-        base_model, transfer_layer, x_trainable, dropout, fc_layers, num_classes, new_weights,
-        spatial_dropout=spatial_dropout, custom_blocks=True, pooling="flatten", name="efficientnetb0",
+        base_model,
+        transfer_layer,
+        x_trainable,
+        dropout,
+        fc_layers,
+        num_classes,
+        new_weights,
+        spatial_dropout=spatial_dropout,
+        custom_blocks=True,
+        pooling="flatten",
+        name="efficientnetb0",
     )
 
 
@@ -858,8 +896,17 @@ def finetune_inceptionv3(
     Arguments and return value as ``finetune_model``.
     """
     return finetune_model(
-        base_model, transfer_layer, x_trainable, dropout, fc_layers, num_classes, new_weights,
-        spatial_dropout=spatial_dropout, custom_blocks=False, pooling="avg", name="inceptionv3",
+        base_model,
+        transfer_layer,
+        x_trainable,
+        dropout,
+        fc_layers,
+        num_classes,
+        new_weights,
+        spatial_dropout=spatial_dropout,
+        custom_blocks=False,
+        pooling="avg",
+        name="inceptionv3",
     )
 
 

@@ -103,7 +103,7 @@ def plot_history(history, model_name: str, out_dir=None, out_path=None, panels=H
             ax.legend()
         else:
             ax.text(0.5, 0.5, f"no '{key}' in the history", ha="center", va="center", transform=ax.transAxes)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(f"{model_name}: training and validation")
     if out_path is None and out_dir is not None:
@@ -158,7 +158,7 @@ def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=Non
         ax.set_ylim(0, 1.08)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     fig.suptitle("Models on the test set: default against optimal hyperparameters")
     if out_path is not None:
@@ -166,8 +166,9 @@ def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=Non
     return fig
 
 
-def plot_confusion(cm, class_names=None, normalize: bool = True, out_path=None, title=None,
-                   max_labels: int = 40) -> Figure:
+def plot_confusion(
+    cm, class_names=None, normalize: bool = True, out_path=None, title=None, max_labels: int = 40
+) -> Figure:
     """A confusion matrix (rows: true class, columns: predicted) as a heat map.
 
     ``normalize`` divides each row by its count (per-class recall on the
@@ -226,16 +227,24 @@ def plot_timings(timer_or_table, out_path=None) -> Figure:
     for i, (group, kind) in enumerate(series):
         values = table[(group, kind)].astype(float).to_numpy()
         label = f"{group}: {'wall' if kind == 'wall_min' else 'CPU'}"
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label,
-               hatch="//" if kind == "cpu_min" else None)
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            values,
+            width,
+            label=label,
+            hatch="//" if kind == "cpu_min" else None,
+        )
     ax.set_xticks(x, stages, rotation=30, ha="right")
     ax.set_ylabel("minutes")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     title = "Execution time per stage"
     if total is not None:
-        parts = [f"{g} {float(total[(g, 'wall_min')]):.2f} h wall / {float(total[(g, 'cpu_min')]):.2f} h CPU"
-                 for g in groups if (g, "wall_min") in total.index and (g, "cpu_min") in total.index]
+        parts = [
+            f"{g} {float(total[(g, 'wall_min')]):.2f} h wall / {float(total[(g, 'cpu_min')]):.2f} h CPU"
+            for g in groups
+            if (g, "wall_min") in total.index and (g, "cpu_min") in total.index
+        ]
         if parts:
             title += " (total: " + "; ".join(parts) + ")"
     ax.set_title(title)

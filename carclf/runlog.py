@@ -6,7 +6,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -72,7 +72,7 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name, group="default"):
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = datetime.now(UTC).isoformat(timespec="seconds")
         wall0, cpu0 = time.perf_counter(), _cpu_seconds()
         run = _StageRun()
         try:
@@ -91,8 +91,9 @@ class StageTimer:
                 "status": status,
             }
             self._append(row)
-            self._log.info("stage %s (%s): %.2f min wall, %.2f min CPU, %s",
-                           name, group, row["wall_min"], row["cpu_min"], status)
+            self._log.info(
+                "stage %s (%s): %.2f min wall, %.2f min CPU, %s", name, group, row["wall_min"], row["cpu_min"], status
+            )
 
     def _append(self, row):
         new = not self.path.exists()

@@ -100,10 +100,10 @@ import shutil
 import socket
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -190,8 +190,9 @@ def _check_space(space: Mapping) -> dict:
         try:
             low, high, prior = spec
         except (TypeError, ValueError):
-            raise ValueError(f"search space entry {name!r} must be (low, high, prior) or a list of choices, "
-                             f"got {spec!r}") from None
+            raise ValueError(
+                f"search space entry {name!r} must be (low, high, prior) or a list of choices, got {spec!r}"
+            ) from None
         if prior not in _PRIORS:
             raise ValueError(f"search space entry {name!r}: prior must be one of {_PRIORS}, got {prior!r}")
         if isinstance(low, bool) or isinstance(high, bool) or not all(isinstance(v, (int, float)) for v in (low, high)):
@@ -217,8 +218,9 @@ def search_space(adam_only: bool = True, space: Mapping | None = None) -> dict:
     space = _check_space(SEARCH_SPACE if space is None else space)
     if adam_only:
         if "optimizer_type" in space and "Adam" not in space["optimizer_type"]:
-            raise ValueError(f"adam_only=True but the space's optimizer_type choices {space['optimizer_type']} "
-                             "have no Adam")
+            raise ValueError(
+                f"adam_only=True but the space's optimizer_type choices {space['optimizer_type']} have no Adam"
+            )
         space = {name: spec for name, spec in space.items() if _applies(name, "Adam")}
         space["optimizer_type"] = ["Adam"]
         _check_space(space)
@@ -412,8 +414,10 @@ def validation_split(split, fraction: float = 0.2, seed: int = 0, image_size=Non
     if not len(val_rows):
         raise ValueError("no class has two rows: nothing to carve a validation split from")
     train_rows = np.setdiff1d(np.arange(len(class_ids)), val_rows)
-    return (SplitView(split, train_rows, "search-train", image_size),
-            SplitView(split, val_rows, "search-validation", image_size))
+    return (
+        SplitView(split, train_rows, "search-train", image_size),
+        SplitView(split, val_rows, "search-validation", image_size),
+    )
 
 
 def subsample_split(split, size, seed: int = 0) -> SplitView:
@@ -430,8 +434,11 @@ def subsample_split(split, size, seed: int = 0) -> SplitView:
         fraction = float(size)
     else:
         raise ValueError(f"subsample must be a fraction in (0, 1] or a positive number of rows, got {size!r}")
-    rows = _stratified_pick(np.asarray(split.class_ids, dtype=np.int64),
-                            lambda n: max(1, math.ceil(fraction * n)), np.random.default_rng([int(seed), 0x5AB5]))
+    rows = _stratified_pick(
+        np.asarray(split.class_ids, dtype=np.int64),
+        lambda n: max(1, math.ceil(fraction * n)),
+        np.random.default_rng([int(seed), 0x5AB5]),
+    )
     return SplitView(split, rows, getattr(split, "split", "train"))
 
 
@@ -446,13 +453,16 @@ def _training_split(train):
     if getattr(train, "split", None) == "test":
         raise ValueError("the search got the test split; it searches on the training set only")
     if len(getattr(train, "parts", ())) > 1:
-        log.warning("the search got a split of %d parts (originals and augmented variants?): a validation row's "
-                    "augmented copies may be in training; pass the decoded training split and augment= instead",
-                    len(train.parts))
+        log.warning(
+            "the search got a split of %d parts (originals and augmented variants?): a validation row's "
+            "augmented copies may be in training; pass the decoded training split and augment= instead",
+            len(train.parts),
+        )
     for attr in ("read", "class_ids", "num_classes"):
         if not hasattr(train, attr):
-            raise TypeError(f"the training data must be a DecodedSplit-like split (with {attr}); "
-                            f"got {type(train).__name__}")
+            raise TypeError(
+                f"the training data must be a DecodedSplit-like split (with {attr}); got {type(train).__name__}"
+            )
     return train
 
 
@@ -544,8 +554,12 @@ class _Search:
         # EarlyStopping on the objective; no LR scheduler and no checkpoint during the search.
         mode = "min" if self.direction == "minimize" else "max"
         return {
-            "early_stopping": {"monitor": self.objective, "mode": mode, "patience": self.patience,
-                               "restore_best_weights": False},
+            "early_stopping": {
+                "monitor": self.objective,
+                "mode": mode,
+                "patience": self.patience,
+                "restore_best_weights": False,
+            },
             "reduce_lr": None,
             "checkpoint": None,
         }
@@ -555,18 +569,45 @@ class _Search:
         return math.log(self.num_classes) if self.direction == "minimize" else 0.0  # skopt minimizes -accuracy
 
 
-def _prepare(backend, model, train, *, model_name, space, adam_only, objective, hyperparams, epochs, patience,
-             batch_size, accum_steps, validation_fraction, subsample, input_size, seed, augment, verbose,
-             mixed_precision, jit_compile, keep_trials, paths, cache, cache_deps, backend_settings, timer,
-             timer_group) -> _Search:
+def _prepare(
+    backend,
+    model,
+    train,
+    *,
+    model_name,
+    space,
+    adam_only,
+    objective,
+    hyperparams,
+    epochs,
+    patience,
+    batch_size,
+    accum_steps,
+    validation_fraction,
+    subsample,
+    input_size,
+    seed,
+    augment,
+    verbose,
+    mixed_precision,
+    jit_compile,
+    keep_trials,
+    paths,
+    cache,
+    cache_deps,
+    backend_settings,
+    timer,
+    timer_group,
+) -> _Search:
     from carclf.generators import ImageBatches
     from carclf.train import describe_generator
 
     builder, model_name = _builder(model, model_name)
     space = search_space(adam_only, space)
     if not (isinstance(objective, str) and objective.startswith("val_")):
-        raise ValueError(f"the objective must be a validation metric such as 'val_loss' or 'val_top3_accuracy', "
-                         f"got {objective!r}")
+        raise ValueError(
+            f"the objective must be a validation metric such as 'val_loss' or 'val_top3_accuracy', got {objective!r}"
+        )
     for name, value in (("epochs", epochs), ("patience", patience), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -604,19 +645,42 @@ def _prepare(backend, model, train, *, model_name, space, adam_only, objective, 
         "batch_size": int(batch_size),
         "accum_steps": accum_steps,
         "seed": int(seed),
-        "augment": None if augment is None else describe_generator(
-            ImageBatches(val_view, batch_size=1, shuffle=False, augment=augment)).get("augment"),
+        "augment": None
+        if augment is None
+        else describe_generator(ImageBatches(val_view, batch_size=1, shuffle=False, augment=augment)).get("augment"),
         backend: backend_settings,
     }
     settings = canonical(settings)
     key = cache.key(f"search-{backend}", settings, deps)
     return _Search(
-        backend=backend, model_name=model_name, builder=builder, space=space, base_hyperparams=base,
-        objective=objective, direction=_direction(objective), train_view=train_view, val_view=val_view,
-        input_shape=input_shape, num_classes=int(split.num_classes), epochs=int(epochs), patience=int(patience),
-        batch_size=int(batch_size), accum_steps=accum_steps, seed=int(seed), augment=augment, verbose=verbose,
-        mixed_precision=mixed_precision, jit_compile=jit_compile, keep_trials=keep_trials, paths=paths,
-        cache=cache, deps=deps, settings=settings, key=key, timer=timer, timer_group=timer_group,
+        backend=backend,
+        model_name=model_name,
+        builder=builder,
+        space=space,
+        base_hyperparams=base,
+        objective=objective,
+        direction=_direction(objective),
+        train_view=train_view,
+        val_view=val_view,
+        input_shape=input_shape,
+        num_classes=int(split.num_classes),
+        epochs=int(epochs),
+        patience=int(patience),
+        batch_size=int(batch_size),
+        accum_steps=accum_steps,
+        seed=int(seed),
+        augment=augment,
+        verbose=verbose,
+        mixed_precision=mixed_precision,
+        jit_compile=jit_compile,
+        keep_trials=keep_trials,
+        paths=paths,
+        cache=cache,
+        deps=deps,
+        settings=settings,
+        key=key,
+        timer=timer,
+        timer_group=timer_group,
     )
 
 
@@ -637,37 +701,79 @@ def _run_trial(ctx: _Search, params: dict, work_dir: Path, extra_callbacks=()) -
     started = time.perf_counter()
     try:
         result = run_model_pipeline(
-            ctx.builder, ctx.model_name, hyperparams, ctx.input_shape, ctx.num_classes, train_gen, val_gen,
-            ctx.epochs, ctx.accum_steps, paths=trial_paths, cache=StageCache(trial_paths.pickles),
-            callbacks_config=ctx.callbacks_config, seed=ctx.seed, verbose=ctx.verbose, tensorboard=False,
-            plot=False, evaluate=False, mixed_precision=ctx.mixed_precision, jit_compile=ctx.jit_compile,
+            ctx.builder,
+            ctx.model_name,
+            hyperparams,
+            ctx.input_shape,
+            ctx.num_classes,
+            train_gen,
+            val_gen,
+            ctx.epochs,
+            ctx.accum_steps,
+            paths=trial_paths,
+            cache=StageCache(trial_paths.pickles),
+            callbacks_config=ctx.callbacks_config,
+            seed=ctx.seed,
+            verbose=ctx.verbose,
+            tensorboard=False,
+            plot=False,
+            evaluate=False,
+            mixed_precision=ctx.mixed_precision,
+            jit_compile=ctx.jit_compile,
             extra_callbacks=list(extra_callbacks),
         )
     except NonFiniteLossError as exc:
         log.warning("trial with %s diverged: %s", params, exc)
-        return {"state": "diverged", "value": None, "best_epoch": None, "epochs_run": None, "history": {},
-                "wall_min": (time.perf_counter() - started) / 60, "cpu_min": None, "error": str(exc),
-                "train_key": None, "resumed_from_epoch": None}
+        return {
+            "state": "diverged",
+            "value": None,
+            "best_epoch": None,
+            "epochs_run": None,
+            "history": {},
+            "wall_min": (time.perf_counter() - started) / 60,
+            "cpu_min": None,
+            "error": str(exc),
+            "train_key": None,
+            "resumed_from_epoch": None,
+        }
     finally:
         _free_memory()
     if ctx.objective not in result.history:
-        raise KeyError(f"the objective {ctx.objective!r} is not in the training history; it has "
-                       f"{sorted(result.history)}")
+        raise KeyError(
+            f"the objective {ctx.objective!r} is not in the training history; it has {sorted(result.history)}"
+        )
     series = np.asarray(result.history[ctx.objective], dtype=float)
     finite = np.isfinite(series)
     if not finite.any():
-        return {"state": "diverged", "value": None, "best_epoch": None, "epochs_run": result.epochs_run,
-                "history": {}, "wall_min": result.wall_min, "cpu_min": result.cpu_min,
-                "error": f"{ctx.objective} was never finite", "train_key": result.key,
-                "resumed_from_epoch": result.resumed_from_epoch}
+        return {
+            "state": "diverged",
+            "value": None,
+            "best_epoch": None,
+            "epochs_run": result.epochs_run,
+            "history": {},
+            "wall_min": result.wall_min,
+            "cpu_min": result.cpu_min,
+            "error": f"{ctx.objective} was never finite",
+            "train_key": result.key,
+            "resumed_from_epoch": result.resumed_from_epoch,
+        }
     masked = np.where(finite, series, np.inf if ctx.direction == "minimize" else -np.inf)
     best = int(np.argmin(masked) if ctx.direction == "minimize" else np.argmax(masked))
-    keep = {k: [float(v) for v in result.history[k]] for k in ("loss", "val_loss", ctx.objective)
-            if k in result.history}
-    return {"state": "complete", "value": float(series[best]), "best_epoch": best + 1,
-            "epochs_run": result.epochs_run, "history": keep, "wall_min": result.wall_min,
-            "cpu_min": result.cpu_min, "error": None, "train_key": result.key,
-            "resumed_from_epoch": result.resumed_from_epoch}
+    keep = {
+        k: [float(v) for v in result.history[k]] for k in ("loss", "val_loss", ctx.objective) if k in result.history
+    }
+    return {
+        "state": "complete",
+        "value": float(series[best]),
+        "best_epoch": best + 1,
+        "epochs_run": result.epochs_run,
+        "history": keep,
+        "wall_min": result.wall_min,
+        "cpu_min": result.cpu_min,
+        "error": None,
+        "train_key": result.key,
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
 
 
 def _free_memory():
@@ -690,8 +796,10 @@ def _folder_lock(folder: Path, what: str, blocking: bool):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise RuntimeError(f"another process is running {what} ({folder}); wait for it to finish "
-                               "(to run trials in parallel, use the optuna backend)") from None
+            raise RuntimeError(
+                f"another process is running {what} ({folder}); wait for it to finish "
+                "(to run trials in parallel, use the optuna backend)"
+            ) from None
         yield
     finally:
         os.close(fd)
@@ -763,23 +871,25 @@ class SearchResult:
         return cls(**value, key=key, loaded=loaded, json_path=json_path)
 
     def to_json_dict(self) -> dict:
-        return _jsonable({
-            "backend": self.backend,
-            "model_name": self.model_name,
-            "objective": self.objective,
-            "direction": self.direction,
-            "best_value": self.best_value,
-            "best_trial": self.best_trial,
-            "best_params": self.best_params,
-            "best_hyperparams": self.best_hyperparams,
-            "n_trials": self.n_trials,
-            "complete": self.complete,
-            "key": self.key,
-            "storage": self.storage,
-            "study_name": self.study_name,
-            "settings": self.settings,
-            "trials": self.trials.to_dict("records"),
-        })
+        return _jsonable(
+            {
+                "backend": self.backend,
+                "model_name": self.model_name,
+                "objective": self.objective,
+                "direction": self.direction,
+                "best_value": self.best_value,
+                "best_trial": self.best_trial,
+                "best_params": self.best_params,
+                "best_hyperparams": self.best_hyperparams,
+                "n_trials": self.n_trials,
+                "complete": self.complete,
+                "key": self.key,
+                "storage": self.storage,
+                "study_name": self.study_name,
+                "settings": self.settings,
+                "trials": self.trials.to_dict("records"),
+            }
+        )
 
     def save_json(self, path) -> Path:
         """Write the result (best hyperparameters, settings, trials) as readable JSON, atomically."""
@@ -820,25 +930,38 @@ def _trials_frame(rows: list[dict], space: dict) -> pd.DataFrame:
 
 
 def _best(rows: list[dict], direction: str) -> dict | None:
-    done = [r for r in rows if r.get("state") == "complete" and r.get("value") is not None
-            and math.isfinite(r["value"])]
+    done = [
+        r for r in rows if r.get("state") == "complete" and r.get("value") is not None and math.isfinite(r["value"])
+    ]
     if not done:
         return None
     pick = min if direction == "minimize" else max
     return pick(done, key=lambda r: r["value"])
 
 
-def _make_result(ctx: _Search, rows: list[dict], params_of: dict, n_trials: int, complete: bool,
-                 storage=None, study_name=None) -> SearchResult:
+def _make_result(
+    ctx: _Search, rows: list[dict], params_of: dict, n_trials: int, complete: bool, storage=None, study_name=None
+) -> SearchResult:
     best = _best(rows, ctx.direction)
     if best is None:
-        raise RuntimeError(f"{ctx.model_name}: no trial of the search completed ({len(rows)} trials: "
-                           f"{sorted({r.get('state') for r in rows})}); widen the budget or check the errors")
+        raise RuntimeError(
+            f"{ctx.model_name}: no trial of the search completed ({len(rows)} trials: "
+            f"{sorted({r.get('state') for r in rows})}); widen the budget or check the errors"
+        )
     return SearchResult(
-        backend=ctx.backend, model_name=ctx.model_name, objective=ctx.objective, direction=ctx.direction,
-        best_params=dict(params_of[best["trial"]]), best_value=float(best["value"]), best_trial=int(best["trial"]),
-        n_trials=n_trials, trials=_trials_frame(rows, ctx.space), settings=ctx.settings, complete=complete,
-        storage=storage, study_name=study_name,
+        backend=ctx.backend,
+        model_name=ctx.model_name,
+        objective=ctx.objective,
+        direction=ctx.direction,
+        best_params=dict(params_of[best["trial"]]),
+        best_value=float(best["value"]),
+        best_trial=int(best["trial"]),
+        n_trials=n_trials,
+        trials=_trials_frame(rows, ctx.space),
+        settings=ctx.settings,
+        complete=complete,
+        storage=storage,
+        study_name=study_name,
     )
 
 
@@ -855,15 +978,26 @@ def _finish(ctx: _Search, config: dict, compute: Callable[[], SearchResult]) -> 
     try:
         stored = ctx.cache.run(_RESULT_STAGE, config, lambda: compute().to_value(), deps=ctx.deps)
     except _Incomplete as stop:
-        log.warning("%s: the search stopped after %d of %d trials; the result is not stored",
-                    ctx.model_name, len(stop.result.trials), stop.result.n_trials)
+        log.warning(
+            "%s: the search stopped after %d of %d trials; the result is not stored",
+            ctx.model_name,
+            len(stop.result.trials),
+            stop.result.n_trials,
+        )
         return stop.result
     json_path = ctx.cache.artifact_dir(_RESULT_STAGE, stored.key) / "result.json"
     result = SearchResult.from_value(stored.value, key=stored.key, loaded=stored.loaded, json_path=json_path)
     if not json_path.is_file():
         result.save_json(json_path)
-    log.info("%s: best %s %.4g at trial %d of %d: %s", ctx.model_name, ctx.objective, result.best_value,
-             result.best_trial, result.n_trials, result.best_params)
+    log.info(
+        "%s: best %s %.4g at trial %d of %d: %s",
+        ctx.model_name,
+        ctx.objective,
+        result.best_value,
+        result.best_trial,
+        result.n_trials,
+        result.best_params,
+    )
     return result
 
 
@@ -935,23 +1069,50 @@ def run_skopt_search(
     """
     if isinstance(n_calls, bool) or not isinstance(n_calls, (int, np.integer)) or n_calls < 1:
         raise ValueError(f"n_calls must be a positive integer, got {n_calls!r}")
-    backend_settings = {"base_estimator": "GP", "n_initial_points": int(n_initial_points), "acq_func": acq_func,
-                        "initial_point_generator": "random"}
-    ctx = _prepare("skopt", model, train, model_name=model_name, space=space, adam_only=adam_only,
-                   objective=objective, hyperparams=hyperparams, epochs=epochs, patience=patience,
-                   batch_size=batch_size, accum_steps=accum_steps, validation_fraction=validation_fraction,
-                   subsample=subsample, input_size=input_size, seed=seed, augment=augment, verbose=verbose,
-                   mixed_precision=mixed_precision, jit_compile=jit_compile, keep_trials=keep_trials,
-                   paths=paths, cache=cache, cache_deps=cache_deps, backend_settings=backend_settings,
-                   timer=timer, timer_group=timer_group)
+    backend_settings = {
+        "base_estimator": "GP",
+        "n_initial_points": int(n_initial_points),
+        "acq_func": acq_func,
+        "initial_point_generator": "random",
+    }
+    ctx = _prepare(
+        "skopt",
+        model,
+        train,
+        model_name=model_name,
+        space=space,
+        adam_only=adam_only,
+        objective=objective,
+        hyperparams=hyperparams,
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        accum_steps=accum_steps,
+        validation_fraction=validation_fraction,
+        subsample=subsample,
+        input_size=input_size,
+        seed=seed,
+        augment=augment,
+        verbose=verbose,
+        mixed_precision=mixed_precision,
+        jit_compile=jit_compile,
+        keep_trials=keep_trials,
+        paths=paths,
+        cache=cache,
+        cache_deps=cache_deps,
+        backend_settings=backend_settings,
+        timer=timer,
+        timer_group=timer_group,
+    )
     config = {"settings": ctx.settings, "search_key": ctx.key, "n_trials": int(n_calls)}
 
     def compute() -> SearchResult:
         with _timed(ctx):
             records = _skopt_trials(ctx, int(n_calls), callback)
         records = records[: int(n_calls)]
-        return _make_result(ctx, [_skopt_row(r) for r in records], {r["number"]: r["params"] for r in records},
-                            int(n_calls), True)
+        return _make_result(
+            ctx, [_skopt_row(r) for r in records], {r["number"]: r["params"] for r in records}, int(n_calls), True
+        )
 
     return _finish(ctx, config, compute)
 
@@ -969,8 +1130,12 @@ def _new_optimizer(ctx: _Search):
 
     s = ctx.settings["skopt"]
     return Optimizer(
-        _skopt_dimensions(ctx.space), base_estimator=s["base_estimator"], n_initial_points=s["n_initial_points"],
-        initial_point_generator=s["initial_point_generator"], acq_func=s["acq_func"], random_state=ctx.seed,
+        _skopt_dimensions(ctx.space),
+        base_estimator=s["base_estimator"],
+        n_initial_points=s["n_initial_points"],
+        initial_point_generator=s["initial_point_generator"],
+        acq_func=s["acq_func"],
+        random_state=ctx.seed,
         model_queue_size=1,  # only the latest GP is needed; keeps optimizer.pkl small
     )
 
@@ -1010,8 +1175,13 @@ def _restore_optimizer(ctx: _Search, folder: Path, records: list[dict]):
             warnings.simplefilter("ignore", UserWarning)
             asked = [_native(v) for v in optimizer.ask()]
         if asked != record["x"]:
-            log.warning("replaying trial %d: the optimizer now asks %s, the trial had %s (another skopt "
-                        "version?); telling the stored point", record["number"], asked, record["x"])
+            log.warning(
+                "replaying trial %d: the optimizer now asks %s, the trial had %s (another skopt "
+                "version?); telling the stored point",
+                record["number"],
+                asked,
+                record["x"],
+            )
         optimizer.tell(record["x"], record["loss"])
     return optimizer
 
@@ -1046,17 +1216,22 @@ def _skopt_trials(ctx: _Search, n_calls: int, callback) -> list[dict]:
             else:  # the worst seen so far: deterministic, and keeps the GP's scale
                 seen = [r["loss"] for r in records if r["state"] == "complete"]
                 loss = max(seen + [ctx.chance_loss()])
-            record = {"search_key": ctx.key, "number": number, "x": x, "params": params, "loss": float(loss),
-                      **out}
+            record = {"search_key": ctx.key, "number": number, "x": x, "params": params, "loss": float(loss), **out}
             atomic_pickle(trials_dir / f"{number:05d}.pkl", record)  # the trial is done from here on
             optimizer.tell(x, float(loss))
-            atomic_pickle(folder / "optimizer.pkl", {"search_key": ctx.key, "n_told": number + 1,
-                                                     "optimizer": optimizer})
+            atomic_pickle(
+                folder / "optimizer.pkl", {"search_key": ctx.key, "n_told": number + 1, "optimizer": optimizer}
+            )
             if not ctx.keep_trials:
                 shutil.rmtree(trial_dir, ignore_errors=True)
             records.append(record)
-            log.info("%s: trial %d %s %s", ctx.model_name, number, ctx.objective,
-                     "diverged" if out["value"] is None else f"{out['value']:.4g}")
+            log.info(
+                "%s: trial %d %s %s",
+                ctx.model_name,
+                number,
+                ctx.objective,
+                "diverged" if out["value"] is None else f"{out['value']:.4g}",
+            )
             if callback is not None:
                 callback(record)
         return records
@@ -1166,8 +1341,9 @@ def _enable_wal(path: Path) -> None:
         log.warning("%s: SQLite would not switch to WAL mode (%s); parallel workers may wait longer", path, mode)
 
 
-def _open_study(ctx: _Search, *, storage, study_name, sampler, pruner, heartbeat_interval, grace_period, max_retry,
-                enqueue):
+def _open_study(
+    ctx: _Search, *, storage, study_name, sampler, pruner, heartbeat_interval, grace_period, max_retry, enqueue
+):
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
@@ -1181,15 +1357,18 @@ def _open_study(ctx: _Search, *, storage, study_name, sampler, pruner, heartbeat
     elif isinstance(storage, (str, Path)):
         url = str(storage)
         if url.startswith("sqlite:///"):
-            sqlite_path = Path(url[len("sqlite:///"):])
+            sqlite_path = Path(url[len("sqlite:///") :])
     else:
         url = None  # an optuna storage object: used as it is
     if sqlite_path is not None:
         sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        lock = (_folder_lock(sqlite_path.parent, "the study set-up", blocking=True) if sqlite_path is not None
-                else contextlib.nullcontext())
+        lock = (
+            _folder_lock(sqlite_path.parent, "the study set-up", blocking=True)
+            if sqlite_path is not None
+            else contextlib.nullcontext()
+        )
         with lock:  # one process at a time creates the tables and the study (SQLite has no safe concurrent DDL)
             if url is None:
                 rdb = storage
@@ -1202,12 +1381,21 @@ def _open_study(ctx: _Search, *, storage, study_name, sampler, pruner, heartbeat
                     kwargs = {"heartbeat_stale_trial_callback": retry_cls(max_retry=max_retry)}
                 else:
                     kwargs = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)}
-                rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                 heartbeat_interval=int(heartbeat_interval),
-                                                 grace_period=None if grace_period is None else int(grace_period),
-                                                 **kwargs)
-            study = optuna.create_study(study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner,
-                                        direction=ctx.direction, load_if_exists=True)
+                rdb = optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=int(heartbeat_interval),
+                    grace_period=None if grace_period is None else int(grace_period),
+                    **kwargs,
+                )
+            study = optuna.create_study(
+                study_name=study_name,
+                storage=rdb,
+                sampler=sampler,
+                pruner=pruner,
+                direction=ctx.direction,
+                load_if_exists=True,
+            )
             stored = study.user_attrs.get("carclf_settings")
             mine = json.dumps(_jsonable(ctx.settings), sort_keys=True)
             if stored is None:
@@ -1215,8 +1403,10 @@ def _open_study(ctx: _Search, *, storage, study_name, sampler, pruner, heartbeat
                 study.set_user_attr("carclf_key", ctx.key)
                 study.set_user_attr("seed", ctx.seed)
             elif stored != mine:
-                raise ValueError(f"the study {study_name!r} was made with other settings; use another "
-                                 "study_name or the same settings")
+                raise ValueError(
+                    f"the study {study_name!r} was made with other settings; use another "
+                    "study_name or the same settings"
+                )
             if enqueue and not study.user_attrs.get("carclf_enqueued") and not study.get_trials(deepcopy=False):
                 constants = _constants(ctx.space)
                 for params in enqueue:
@@ -1305,27 +1495,69 @@ def run_optuna_search(
         "prune_startup_trials": int(prune_startup_trials) if pruner else None,
         "prune_warmup_epochs": int(prune_warmup_epochs) if pruner else None,
     }
-    ctx = _prepare("optuna", model, train, model_name=model_name, space=space, adam_only=adam_only,
-                   objective=objective, hyperparams=hyperparams, epochs=epochs, patience=patience,
-                   batch_size=batch_size, accum_steps=accum_steps, validation_fraction=validation_fraction,
-                   subsample=subsample, input_size=input_size, seed=seed, augment=augment, verbose=verbose,
-                   mixed_precision=mixed_precision, jit_compile=jit_compile, keep_trials=keep_trials,
-                   paths=paths, cache=cache, cache_deps=cache_deps, backend_settings=backend_settings,
-                   timer=timer, timer_group=timer_group)
+    ctx = _prepare(
+        "optuna",
+        model,
+        train,
+        model_name=model_name,
+        space=space,
+        adam_only=adam_only,
+        objective=objective,
+        hyperparams=hyperparams,
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        accum_steps=accum_steps,
+        validation_fraction=validation_fraction,
+        subsample=subsample,
+        input_size=input_size,
+        seed=seed,
+        augment=augment,
+        verbose=verbose,
+        mixed_precision=mixed_precision,
+        jit_compile=jit_compile,
+        keep_trials=keep_trials,
+        paths=paths,
+        cache=cache,
+        cache_deps=cache_deps,
+        backend_settings=backend_settings,
+        timer=timer,
+        timer_group=timer_group,
+    )
     study_name = study_name or f"{ctx.model_name}-{ctx.key}"
-    where = "default" if storage is None else (_redact(str(storage)) if isinstance(storage, (str, Path))
-                                               else type(storage).__name__)
-    config = {"settings": ctx.settings, "search_key": ctx.key, "n_trials": int(n_trials), "storage": where,
-              "study_name": study_name}
+    where = (
+        "default"
+        if storage is None
+        else (_redact(str(storage)) if isinstance(storage, (str, Path)) else type(storage).__name__)
+    )
+    config = {
+        "settings": ctx.settings,
+        "search_key": ctx.key,
+        "n_trials": int(n_trials),
+        "storage": where,
+        "study_name": study_name,
+    }
 
     def compute() -> SearchResult:
         sampler = _seeded_tpe_class()(ctx.seed, n_startup_trials=int(tpe_startup_trials))
-        median = (optuna.pruners.MedianPruner(n_startup_trials=int(prune_startup_trials),
-                                              n_warmup_steps=int(prune_warmup_epochs)) if pruner else
-                  optuna.pruners.NopPruner())
-        study, shown, owned = _open_study(ctx, storage=storage, study_name=study_name, sampler=sampler,
-                                          pruner=median, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period, max_retry=max_retry, enqueue=list(enqueue))
+        median = (
+            optuna.pruners.MedianPruner(
+                n_startup_trials=int(prune_startup_trials), n_warmup_steps=int(prune_warmup_epochs)
+            )
+            if pruner
+            else optuna.pruners.NopPruner()
+        )
+        study, shown, owned = _open_study(
+            ctx,
+            storage=storage,
+            study_name=study_name,
+            sampler=sampler,
+            pruner=median,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retry=max_retry,
+            enqueue=list(enqueue),
+        )
         try:
             with _timed(ctx):
                 finished = _optuna_worker(ctx, study, int(n_trials), heartbeat_interval, timeout)
@@ -1397,8 +1629,9 @@ def _optuna_worker(ctx: _Search, study, n_trials: int, heartbeat_interval, timeo
         if done + running >= n_trials and not waiting:
             time.sleep(poll)  # the last trials run elsewhere: wait, to retry them if their worker dies
             continue
-        study.optimize(objective, n_trials=1, catch=(_Surplus,), callbacks=[cleanup], gc_after_trial=False,
-                       show_progress_bar=False)
+        study.optimize(
+            objective, n_trials=1, catch=(_Surplus,), callbacks=[cleanup], gc_after_trial=False, show_progress_bar=False
+        )
 
 
 def _sweep_work(ctx: _Search, study, work: Path) -> None:
@@ -1408,10 +1641,12 @@ def _sweep_work(ctx: _Search, study, work: Path) -> None:
     if not work.is_dir():
         return
     folders = list(work.glob("trial-*"))  # listed before the trials are read: a new folder's trial is in the read
-    active = {_params_key(_applied(t.params, ctx.space))
-              for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
+    active = {
+        _params_key(_applied(t.params, ctx.space))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    }
     for folder in folders:
-        if folder.name[len("trial-"):] not in active:
+        if folder.name[len("trial-") :] not in active:
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -1428,22 +1663,24 @@ def _optuna_rows(ctx: _Search, study) -> tuple[list[dict], dict]:
         if t.state == TrialState.PRUNED and t.user_attrs.get("error"):
             state = "diverged"
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-        rows.append({
-            "trial": t.number,
-            "state": state,
-            "value": t.value if t.state == TrialState.COMPLETE else None,
-            **params,
-            "best_epoch": t.user_attrs.get("best_epoch"),
-            "epochs_run": t.user_attrs.get("epochs_run"),
-            "wall_min": t.user_attrs.get("wall_min"),
-            "cpu_min": t.user_attrs.get("cpu_min"),
-            "last_value": last,
-            "error": t.user_attrs.get("error"),
-            "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
-            "retry_of": t.system_attrs.get("failed_trial"),
-            "pid": t.user_attrs.get("pid"),
-            "host": t.user_attrs.get("host"),
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "state": state,
+                "value": t.value if t.state == TrialState.COMPLETE else None,
+                **params,
+                "best_epoch": t.user_attrs.get("best_epoch"),
+                "epochs_run": t.user_attrs.get("epochs_run"),
+                "wall_min": t.user_attrs.get("wall_min"),
+                "cpu_min": t.user_attrs.get("cpu_min"),
+                "last_value": last,
+                "error": t.user_attrs.get("error"),
+                "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
+                "retry_of": t.system_attrs.get("failed_trial"),
+                "pid": t.user_attrs.get("pid"),
+                "host": t.user_attrs.get("host"),
+            }
+        )
     return rows, params_of
 
 
@@ -1483,8 +1720,7 @@ def plot_convergence(result: SearchResult, out_path=None):
     if len(stopped):
         shown = pd.to_numeric(stopped["last_value"], errors="coerce")
         if shown.notna().any():
-            ax.plot(stopped["trial"][shown.notna()], shown[shown.notna()], "x", color="C3",
-                    label="pruned (last value)")
+            ax.plot(stopped["trial"][shown.notna()], shown[shown.notna()], "x", color="C3", label="pruned (last value)")
     ax.set_xlabel("trial")
     ax.set_ylabel(result.objective)
     ax.set_title(f"{result.model_name}: {result.backend} search, {result.objective} ({result.direction})")
@@ -1514,11 +1750,16 @@ def param_importances(result: SearchResult, seed: int = 0) -> dict:
     finally:
         optuna.logging.set_verbosity(verbosity)
     for _, row in done.iterrows():
-        study.add_trial(optuna.trial.create_trial(
-            params={n: _native(row[n]) for n in names}, distributions={n: dists[n] for n in names},
-            value=float(row["value"])))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={n: _native(row[n]) for n in names},
+                distributions={n: dists[n] for n in names},
+                value=float(row["value"]),
+            )
+        )
     importances = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    )
     return {k: float(v) for k, v in importances.items()}
 
 
@@ -1538,8 +1779,14 @@ def plot_importance(result: SearchResult, out_path=None):
         ax.set_xlim(0, 1)
         ax.grid(True, axis="x", alpha=0.3)
     else:
-        ax.text(0.5, 0.5, "not enough completed trials to rank the hyperparameters", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "not enough completed trials to rank the hyperparameters",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
     ax.set_title(f"{result.model_name}: hyperparameter importance for {result.objective}")
     if out_path is not None:
@@ -1561,8 +1808,9 @@ def _optimal_for(name, optimal) -> dict:
         return _optimal_for(name, optimal[name])
     if isinstance(optimal, Mapping):
         return dict(optimal)
-    raise TypeError(f"optimal must be a SearchResult, a hyperparameter dict, or one of those per model; "
-                    f"got {optimal!r}")
+    raise TypeError(
+        f"optimal must be a SearchResult, a hyperparameter dict, or one of those per model; got {optimal!r}"
+    )
 
 
 def compare_default_optimal(
@@ -1599,10 +1847,8 @@ def compare_default_optimal(
     timed in groups "default" and "optimal" (the report's execution-time
     table). ``labels`` picks the runs: ``("default",)`` needs no ``optimal``.
     """
-    from carclf import models
+    from carclf import config, models
     from carclf.train import run_model_pipeline
-
-    from carclf import config
 
     if isinstance(names, str):
         names = [names]
@@ -1625,10 +1871,32 @@ def compare_default_optimal(
                 raise ValueError(f"labels are 'default' and 'optimal', got {label!r}")
             hp = default if label == "default" else {**default, **_optimal_for(name, optimal)}
             result = run_model_pipeline(
-                builder, name, hp, input_shape, num_classes, train_generator, test_generator, epochs, accum_steps,
-                paths=paths, cache=cache, cache_deps=cache_deps, timer=timer, timer_group=label, **pipeline_kwargs,
+                builder,
+                name,
+                hp,
+                input_shape,
+                num_classes,
+                train_generator,
+                test_generator,
+                epochs,
+                accum_steps,
+                paths=paths,
+                cache=cache,
+                cache_deps=cache_deps,
+                timer=timer,
+                timer_group=label,
+                **pipeline_kwargs,
             )
-            rows.append({"model": name, "hyperparams": label, **result.test_metrics, "epochs_run": result.epochs_run,
-                         "wall_min": result.wall_min, "cpu_min": result.cpu_min, "train_key": result.key,
-                         "loaded": result.loaded})
+            rows.append(
+                {
+                    "model": name,
+                    "hyperparams": label,
+                    **result.test_metrics,
+                    "epochs_run": result.epochs_run,
+                    "wall_min": result.wall_min,
+                    "cpu_min": result.cpu_min,
+                    "train_key": result.key,
+                    "loaded": result.loaded,
+                }
+            )
     return pd.DataFrame(rows)

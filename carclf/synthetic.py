@@ -55,8 +55,16 @@ FAMILIES = (
     Family("sedan", ("Sedan",), 0.07, 0.21, 0.34, (0.28, 0.40, 0.64, 0.80), (0.18, 0.80), 0.075),
     Family("hatchback", ("Hatchback",), 0.08, 0.25, 0.42, (0.24, 0.38, 0.80, 0.97), (0.17, 0.82), 0.085),
     Family("suv", ("SUV",), 0.11, 0.31, 0.50, (0.22, 0.33, 0.96, 0.99), (0.18, 0.80), 0.10),
-    Family("pickup", ("Crew Cab", "Extended Cab", "Regular Cab"), 0.10, 0.28, 0.45, (0.24, 0.32, 0.52, 0.54),
-           (0.17, 0.80), 0.09),
+    Family(
+        "pickup",
+        ("Crew Cab", "Extended Cab", "Regular Cab"),
+        0.10,
+        0.28,
+        0.45,
+        (0.24, 0.32, 0.52, 0.54),
+        (0.17, 0.80),
+        0.09,
+    ),
     Family("coupe", ("Coupe",), 0.06, 0.18, 0.29, (0.30, 0.45, 0.60, 0.90), (0.18, 0.80), 0.07),
     # Index 5, so that class 174 (index 173, 173 % 8 == 5) is a van like the real Ram C/V.
     Family("van", ("Van", "Minivan", "Cargo Van"), 0.07, 0.30, 0.58, (0.05, 0.16, 0.97, 0.99), (0.15, 0.84), 0.075),
@@ -101,12 +109,64 @@ def _variant_order():
 _VARIANTS = _variant_order()
 MAX_CLASSES = len(FAMILIES) * len(COLOURS) * len(_VARIANTS)
 
-_MAKES = ("Acura", "Aston Martin", "Audi", "BMW", "Bentley", "Buick", "Cadillac", "Chevrolet", "Chrysler",
-          "Dodge", "Ferrari", "Fiat", "Ford", "GMC", "Honda", "Hyundai", "Infiniti", "Isuzu", "Jaguar", "Jeep",
-          "Kia", "Lamborghini", "Land Rover", "Lincoln", "Mazda", "Mercedes-Benz", "Mitsubishi", "Nissan",
-          "Porsche", "Rolls-Royce", "Scion", "Suzuki", "Toyota", "Volkswagen", "Volvo", "Spyker", "Hummer")
-_SYLLABLES_A = ("Al", "Bre", "Cor", "Dar", "El", "Fal", "Gran", "Hor", "Ix", "Jet", "Kor", "Lu", "Mon", "Nov",
-                "Ori", "Pra", "Qua")
+_MAKES = (
+    "Acura",
+    "Aston Martin",
+    "Audi",
+    "BMW",
+    "Bentley",
+    "Buick",
+    "Cadillac",
+    "Chevrolet",
+    "Chrysler",
+    "Dodge",
+    "Ferrari",
+    "Fiat",
+    "Ford",
+    "GMC",
+    "Honda",
+    "Hyundai",
+    "Infiniti",
+    "Isuzu",
+    "Jaguar",
+    "Jeep",
+    "Kia",
+    "Lamborghini",
+    "Land Rover",
+    "Lincoln",
+    "Mazda",
+    "Mercedes-Benz",
+    "Mitsubishi",
+    "Nissan",
+    "Porsche",
+    "Rolls-Royce",
+    "Scion",
+    "Suzuki",
+    "Toyota",
+    "Volkswagen",
+    "Volvo",
+    "Spyker",
+    "Hummer",
+)
+_SYLLABLES_A = (
+    "Al",
+    "Bre",
+    "Cor",
+    "Dar",
+    "El",
+    "Fal",
+    "Gran",
+    "Hor",
+    "Ix",
+    "Jet",
+    "Kor",
+    "Lu",
+    "Mon",
+    "Nov",
+    "Ori",
+    "Pra",
+    "Qua",
+)
 _SYLLABLES_B = ("ado", "ber", "cia", "don", "ento", "far", "go", "lant", "mira", "nix", "ra", "sto", "vel")
 
 
@@ -142,8 +202,9 @@ def class_table(n_classes: int) -> list:
             model += f" {k // (17 * 13) + 1}"
         body = family.bodies[(k // len(FAMILIES)) % len(family.bodies)]
         name = f"{_MAKES[(k * 5) % len(_MAKES)]} {model} {body} {1991 + (k * 7) % 22}"
-        table.append(CarClass(k, RAM_CV if k == ram else name, family, COLOURS[k % len(COLOURS)],
-                              wheel, height, stripe, pillars))
+        table.append(
+            CarClass(k, RAM_CV if k == ram else name, family, COLOURS[k % len(COLOURS)], wheel, height, stripe, pillars)
+        )
     return table
 
 
@@ -161,15 +222,34 @@ def _car_ops(cls: CarClass, rng):
     hs = cls.height * rng.uniform(0.95, 1.05)
     radius = fam.radius * cls.wheel * rng.uniform(0.93, 1.07)
     clear, belt = fam.clear * hs, fam.belt * hs
-    ops = [("poly", "body", [(0.0, clear + 0.02 * hs), (0.0, belt - 0.04 * hs), (0.04, belt), (0.96, belt),
-                             (1.0, belt - 0.03 * hs), (1.0, clear + 0.02 * hs), (0.97, clear), (0.03, clear)])]
+    ops = [
+        (
+            "poly",
+            "body",
+            [
+                (0.0, clear + 0.02 * hs),
+                (0.0, belt - 0.04 * hs),
+                (0.04, belt),
+                (0.96, belt),
+                (1.0, belt - 0.03 * hs),
+                (1.0, clear + 0.02 * hs),
+                (0.97, clear),
+                (0.03, clear),
+            ],
+        )
+    ]
     ws0, ws1, re0, re1 = (x + rng.uniform(-0.01, 0.01) for x in fam.cabin)
     if fam.roof is not None:
         roof = fam.roof * hs
         e, d = 0.025 * hs, 0.025
         ops.append(("poly", "body", [(ws0, belt), (ws1, roof), (re0, roof), (re1, belt)]))
-        ops.append(("poly", "window", [(ws0 + 2 * d, belt + e), (ws1 + d, roof - e), (re0 - d, roof - e),
-                                       (re1 - 2 * d, belt + e)]))
+        ops.append(
+            (
+                "poly",
+                "window",
+                [(ws0 + 2 * d, belt + e), (ws1 + d, roof - e), (re0 - d, roof - e), (re1 - 2 * d, belt + e)],
+            )
+        )
         for p in range(1, cls.pillars + 1):
             x = ws1 + (re0 - ws1) * p / (cls.pillars + 1)
             ops.append(("line", "body", [(x, belt), (x, roof)], 0.025))
@@ -183,10 +263,20 @@ def _car_ops(cls: CarClass, rng):
     if cls.stripe:
         y = (clear + belt) / 2
         ops.append(("line", "stripe", [(0.03, y), (0.97, y)], 0.03 * hs))
-    ops.append(("poly", "headlight", [(0.0, belt - 0.07 * hs), (0.035, belt - 0.07 * hs), (0.035, belt - 0.035 * hs),
-                                      (0.0, belt - 0.035 * hs)]))
-    ops.append(("poly", "taillight", [(0.97, belt - 0.07 * hs), (1.0, belt - 0.07 * hs), (1.0, belt - 0.035 * hs),
-                                      (0.97, belt - 0.035 * hs)]))
+    ops.append(
+        (
+            "poly",
+            "headlight",
+            [(0.0, belt - 0.07 * hs), (0.035, belt - 0.07 * hs), (0.035, belt - 0.035 * hs), (0.0, belt - 0.035 * hs)],
+        )
+    )
+    ops.append(
+        (
+            "poly",
+            "taillight",
+            [(0.97, belt - 0.07 * hs), (1.0, belt - 0.07 * hs), (1.0, belt - 0.035 * hs), (0.97, belt - 0.035 * hs)],
+        )
+    )
     for x in fam.wheels:
         x += rng.uniform(-0.015, 0.015)
         ops.append(("circle", "arch", (x, radius * 1.12), radius * 1.12))  # a wheel well, down to the ground
@@ -266,8 +356,12 @@ def _plan(cls: CarClass, split: str, index: int, seed: int, size_range) -> _Plan
     bw, bh = x2 - x1, y2 - y1
     grow = rng.uniform(-0.03, 0.05, size=4) * (bw, bh, bw, bh)
     box = [int(round(v)) for v in (x1 - grow[0], y1 - grow[1], x2 + grow[2], y2 + grow[3])]
-    box = [min(max(box[0], 0), width), min(max(box[1], 0), height),
-           min(max(box[2], 0), width), min(max(box[3], 0), height)]
+    box = [
+        min(max(box[0], 0), width),
+        min(max(box[1], 0), height),
+        min(max(box[2], 0), width),
+        min(max(box[3], 0), height),
+    ]
     if out_side is not None:
         side = {"left": 0, "right": 2, "bottom": 3}[out_side]
         box[side] = {0: 0, 2: width, 3: height}[side]
@@ -292,8 +386,10 @@ def _background(rng, width, height):
     """A street-like scene: sky and road gradients, buildings, lines, blobs."""
     horizon = max(1, int(height * rng.uniform(0.3, 0.7)))
     img = np.empty((height, width, 3), np.uint8)
-    for rows, (a, b) in ((slice(0, horizon), (_muted(rng, 0.6), _muted(rng, 0.6))),
-                         (slice(horizon, height), (_muted(rng, 0.25, 0.6, 0.12), _muted(rng, 0.25, 0.6, 0.12)))):
+    for rows, (a, b) in (
+        (slice(0, horizon), (_muted(rng, 0.6), _muted(rng, 0.6))),
+        (slice(horizon, height), (_muted(rng, 0.25, 0.6, 0.12), _muted(rng, 0.25, 0.6, 0.12))),
+    ):
         n = len(range(height)[rows])
         t = np.linspace(0, 1, max(n, 1), dtype=np.float32)[:n, None]
         img[rows] = (np.float32(a) * (1 - t) + np.float32(b) * t).astype(np.uint8)[:, None, :]
@@ -307,8 +403,7 @@ def _background(rng, width, height):
         cv2.line(img, p0, p1, _muted(rng, 0.1, 1.0, 0.5), int(rng.integers(1, 4)), cv2.LINE_AA)
     for _ in range(rng.integers(0, 4)):
         centre = (int(rng.uniform(0, width)), int(rng.uniform(0, horizon)))
-        cv2.circle(img, centre, int(rng.uniform(0.02, 0.08) * width) + 1, _muted(rng, 0.15, 0.6, 0.45), -1,
-                   cv2.LINE_AA)
+        cv2.circle(img, centre, int(rng.uniform(0.02, 0.08) * width) + 1, _muted(rng, 0.15, 0.6, 0.45), -1, cv2.LINE_AA)
     if rng.random() < 0.6:
         y, step = int(horizon + (height - horizon) * rng.uniform(0.3, 0.8)), max(8, int(width * 0.12))
         for x in range(int(rng.uniform(0, step)), width, step):
@@ -424,20 +519,33 @@ def _claim(root: Path, arguments: dict):
     if marker.is_file():
         before = json.loads(marker.read_text())
         if before != arguments:
-            raise ValueError(f"{root} holds a synthetic set made with {before}, not {arguments}: "
-                             f"use another folder, or delete this one first")
+            raise ValueError(
+                f"{root} holds a synthetic set made with {before}, not {arguments}: "
+                f"use another folder, or delete this one first"
+            )
         return
-    if root.is_dir() and any((root / n).exists() for n in ("names.csv", "anno_train.csv", "car_data",
-                                                           "cars_train", "devkit")):
-        raise ValueError(f"{root} holds a dataset that make_synthetic did not write ({_MARKER} is missing): "
-                         f"refusing to overwrite it; use another folder")
+    if root.is_dir() and any(
+        (root / n).exists() for n in ("names.csv", "anno_train.csv", "car_data", "cars_train", "devkit")
+    ):
+        raise ValueError(
+            f"{root} holds a dataset that make_synthetic did not write ({_MARKER} is missing): "
+            f"refusing to overwrite it; use another folder"
+        )
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(marker, json.dumps(arguments, sort_keys=True).encode())
 
 
-def make_synthetic(root, n_classes: int = 10, per_class_train: int = 24, per_class_test: int = 12, seed: int = 0,
-                   layout: str = "class-folder", size_range=(96, 640), workers: int | None = None,
-                   progress: bool = True) -> Path:
+def make_synthetic(
+    root,
+    n_classes: int = 10,
+    per_class_train: int = 24,
+    per_class_test: int = 12,
+    seed: int = 0,
+    layout: str = "class-folder",
+    size_range=(96, 640),
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Write a synthetic Stanford Cars set under ``root`` in the given layout, and return ``root``.
 
     ``layout`` is ``"class-folder"`` (the Kaggle copy) or ``"devkit"`` (the
@@ -455,8 +563,17 @@ def make_synthetic(root, n_classes: int = 10, per_class_train: int = 24, per_cla
         raise ValueError(f"size_range must be (min, max) widths with 16 <= min <= max, got {size_range}")
     root = Path(root)
     table = class_table(n_classes)
-    _claim(root, {"n_classes": n_classes, "per_class_train": per_class_train, "per_class_test": per_class_test,
-                  "seed": seed, "layout": layout, "size_range": [lo, hi]})
+    _claim(
+        root,
+        {
+            "n_classes": n_classes,
+            "per_class_train": per_class_train,
+            "per_class_test": per_class_test,
+            "seed": seed,
+            "layout": layout,
+            "size_range": [lo, hi],
+        },
+    )
 
     jobs = []
     for split, per_class in (("train", per_class_train), ("test", per_class_test)):
@@ -483,8 +600,11 @@ def make_synthetic(root, n_classes: int = 10, per_class_train: int = 24, per_cla
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        results = list(tqdm(pool.map(make_one, jobs), total=len(jobs), disable=not progress,
-                            desc=f"synthetic {layout}", unit="img"))
+        results = list(
+            tqdm(
+                pool.map(make_one, jobs), total=len(jobs), disable=not progress, desc=f"synthetic {layout}", unit="img"
+            )
+        )
 
     names = [c.name for c in table]
     if layout == "class-folder":
@@ -497,8 +617,10 @@ def make_synthetic(root, n_classes: int = 10, per_class_train: int = 24, per_cla
         cells = np.empty((1, n_classes), dtype=object)
         cells[0, :] = names
         atomic_write(root / "devkit" / "cars_meta.mat", _mat_bytes({"class_names": cells}))
-        for split, target in (("train", root / "devkit" / "cars_train_annos.mat"),
-                              ("test", root / "cars_test_annos_withlabels.mat")):
+        for split, target in (
+            ("train", root / "devkit" / "cars_train_annos.mat"),
+            ("test", root / "cars_test_annos_withlabels.mat"),
+        ):
             records = [(f, box, cid) for s, f, box, cid in results if s == split]
             atomic_write(target, _mat_bytes({"annotations": _mat_annotations(records)}))
     return root

@@ -116,9 +116,10 @@ import secrets
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -187,10 +188,22 @@ _TRAINING_KEYS = frozenset(OPTIMIZER_KEYS) | {"batch_size", "epochs", "accum_ste
 
 #: The report's callback settings; ``callbacks_config`` overrides any of them.
 DEFAULT_CALLBACKS = {
-    "early_stopping": {"monitor": "val_loss", "mode": "min", "patience": 5, "min_delta": 0.0,
-                       "restore_best_weights": True},
-    "reduce_lr": {"monitor": "val_loss", "mode": "min", "factor": 0.2, "patience": 2, "min_delta": 1e-4,
-                  "cooldown": 0, "min_lr": 0.0},
+    "early_stopping": {
+        "monitor": "val_loss",
+        "mode": "min",
+        "patience": 5,
+        "min_delta": 0.0,
+        "restore_best_weights": True,
+    },
+    "reduce_lr": {
+        "monitor": "val_loss",
+        "mode": "min",
+        "factor": 0.2,
+        "patience": 2,
+        "min_delta": 1e-4,
+        "cooldown": 0,
+        "min_lr": 0.0,
+    },
     "checkpoint": {"monitor": "val_top3_accuracy", "mode": "max"},
 }
 
@@ -277,9 +290,7 @@ def optimizer_settings(hyperparams: dict | None, accum_steps=None) -> dict:
     name = hp["optimizer_type"]
     key = str(name).strip().lower() if isinstance(name, str) else None
     if key not in _OPTIMIZER_ARGS:
-        raise UnknownOptimizerError(
-            f"unknown optimizer_type {name!r}; choose one of: {', '.join(OPTIMIZERS)}"
-        )
+        raise UnknownOptimizerError(f"unknown optimizer_type {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     lr = float(hp["learning_rate"])
     if not (math.isfinite(lr) and lr >= 0):
         raise ValueError(f"learning_rate must be a finite number >= 0, got {hp['learning_rate']!r}")
@@ -358,13 +369,15 @@ def make_optimizer(settings: dict, lr_scale: float = 1.0):
     }
     kind = settings["optimizer_type"]
     if kind == "Adam":
-        opt = keras.optimizers.Adam(beta_1=settings["beta_1"], beta_2=settings["beta_2"],
-                                    epsilon=settings["epsilon"], **common)
+        opt = keras.optimizers.Adam(
+            beta_1=settings["beta_1"], beta_2=settings["beta_2"], epsilon=settings["epsilon"], **common
+        )
     elif kind == "SGD":
         opt = keras.optimizers.SGD(momentum=settings["momentum"], **common)
     elif kind == "RMSprop":
-        opt = keras.optimizers.RMSprop(rho=settings["rho"], momentum=settings["momentum"],
-                                       epsilon=settings["epsilon"], **common)
+        opt = keras.optimizers.RMSprop(
+            rho=settings["rho"], momentum=settings["momentum"], epsilon=settings["epsilon"], **common
+        )
     else:
         opt = keras.optimizers.Adagrad(epsilon=settings["epsilon"], **common)
     return opt, schedule
@@ -416,7 +429,6 @@ def _publish(source: Path, target: Path) -> None:
 
 def _saved_mixed_policy(path):
     """The mixed dtype policy a ``.keras`` file was saved under, or None."""
-    import json
     import re
     import zipfile
 
@@ -487,7 +499,9 @@ class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
         self.model.make_train_function(force=True)
         if self.verbose > 0:
             print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau scaling the decaying learning rate to {new_lr:.3g}.")
-        log.info("epoch %d: learning rate reduced to %.3g (schedule scale %.3g)", epoch + 1, new_lr, self.schedule.scale)
+        log.info(
+            "epoch %d: learning rate reduced to %.3g (schedule scale %.3g)", epoch + 1, new_lr, self.schedule.scale
+        )
         return True
 
 
@@ -515,8 +529,9 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
         current = (logs or {}).get(self.monitor)
         if current is None:
             if not self._warned:
-                warnings.warn(f"checkpoint monitor {self.monitor!r} is not in the logs: {sorted(logs or {})}",
-                              stacklevel=2)
+                warnings.warn(
+                    f"checkpoint monitor {self.monitor!r} is not in the logs: {sorted(logs or {})}", stacklevel=2
+                )
                 self._warned = True
             return
         current = float(current)
@@ -575,8 +590,13 @@ def _callback_state(cb) -> dict | None:
     if cb is None:
         return None
     if isinstance(cb, keras.callbacks.EarlyStopping):
-        return {"wait": cb.wait, "best": _jsonable(cb.best), "best_epoch": cb.best_epoch,
-                "stopped_epoch": cb.stopped_epoch, "best_weights": cb.best_weights}
+        return {
+            "wait": cb.wait,
+            "best": _jsonable(cb.best),
+            "best_epoch": cb.best_epoch,
+            "stopped_epoch": cb.stopped_epoch,
+            "best_weights": cb.best_weights,
+        }
     if isinstance(cb, keras.callbacks.ReduceLROnPlateau):
         return {"wait": cb.wait, "best": _jsonable(cb.best), "cooldown_counter": cb.cooldown_counter}
     if isinstance(cb, BestModelCheckpoint):
@@ -643,12 +663,15 @@ def create_callbacks(
     if cfg["checkpoint"] is not None and checkpoint_path is not None:
         ck = BestModelCheckpoint(checkpoint_path, verbose=verbose, **cfg["checkpoint"])
     if tensorboard_dir is not None and not tensorboard_available():
-        log.warning("%s: no TensorBoard logs: the tensorboard package is not installed "
-                    "(pip install tensorboard to get them)", model_name)
+        log.warning(
+            "%s: no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard to get them)",
+            model_name,
+        )
     elif tensorboard_dir is not None:
         try:
-            tb = keras.callbacks.TensorBoard(log_dir=str(tensorboard_dir), histogram_freq=0, write_graph=False,
-                                             update_freq="epoch", profile_batch=0)
+            tb = keras.callbacks.TensorBoard(
+                log_dir=str(tensorboard_dir), histogram_freq=0, write_graph=False, update_freq="epoch", profile_batch=0
+            )
         except Exception as exc:  # TensorBoard needs TensorFlow's summary writer
             log.warning("no TensorBoard logs (%s: %s)", type(exc).__name__, exc)
     non_finite = StopOnNonFiniteLoss(model_name, learning_rate, state_path)
@@ -701,9 +724,21 @@ class ResumableState(keras.callbacks.Callback):
     after the callbacks it saves (``TrainingCallbacks.as_list`` does).
     """
 
-    def __init__(self, path, *, key, phase, callbacks: TrainingCallbacks, schedule, train_generator,
-                 history: dict, history_path=None, restore: dict | None = None, clock=None,
-                 record_phase: bool = False):
+    def __init__(
+        self,
+        path,
+        *,
+        key,
+        phase,
+        callbacks: TrainingCallbacks,
+        schedule,
+        train_generator,
+        history: dict,
+        history_path=None,
+        restore: dict | None = None,
+        clock=None,
+        record_phase: bool = False,
+    ):
         super().__init__()
         self.path = Path(path)
         self.key = key
@@ -778,8 +813,11 @@ def _describe_callable(obj):
         return None
     if isinstance(obj, functools.partial):
         try:
-            return {"partial": _describe_callable(obj.func), "args": canonical(list(obj.args)),
-                    "keywords": canonical(dict(obj.keywords))}
+            return {
+                "partial": _describe_callable(obj.func),
+                "args": canonical(list(obj.args)),
+                "keywords": canonical(dict(obj.keywords)),
+            }
         except TypeError:
             return {"partial": _describe_callable(obj.func)}
     if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj):
@@ -795,7 +833,10 @@ def _describe_callable(obj):
         candidates.append(lambda: {k: v for k, v in vars(obj).items() if not k.startswith("_")})
     for candidate in candidates:
         try:
-            return {"type": _qualname(type(obj)), "config": canonical(candidate() if callable(candidate) else candidate)}
+            return {
+                "type": _qualname(type(obj)),
+                "config": canonical(candidate() if callable(candidate) else candidate),
+            }
         except Exception:
             continue
     return _qualname(type(obj))
@@ -989,7 +1030,9 @@ def _restore_variables(variables, values, what):
         raise ValueError(f"resume state has {len(values)} {what} variables, the rebuilt run {len(variables)}")
     for var, value in zip(variables, values):
         if tuple(var.shape) != tuple(np.shape(value)):
-            raise ValueError(f"resume state: {what} variable {var.path} has shape {np.shape(value)}, expected {var.shape}")
+            raise ValueError(
+                f"resume state: {what} variable {var.path} has shape {np.shape(value)}, expected {var.shape}"
+            )
     for var, value in zip(variables, values):
         var.assign(value)
 
@@ -1096,7 +1139,9 @@ def run_model_pipeline(
     opt = optimizer_settings(hyperparams, accum_steps)
     phases = _phases(epochs, two_phase, head_epochs, finetune_lr_scale)
     if two_phase and not ("x_trainable" in builder_hp or "hyperparams" in call_kwargs):
-        raise ValueError(f"two-phase fine-tuning needs a builder that takes x_trainable; {_qualname(model_func)} does not")
+        raise ValueError(
+            f"two-phase fine-tuning needs a builder that takes x_trainable; {_qualname(model_func)} does not"
+        )
     device = configure(mixed_precision, jit_compile)
     cb_settings = _merge_callbacks(callbacks_config)
     deps = list(cache_deps)
@@ -1122,32 +1167,77 @@ def run_model_pipeline(
     run_dir = paths.models / model_name / key
     model_rel = f"{model_name}/{key}/{model_name}.keras"
     if cache.exists(stage, key) and not (paths.models / model_rel).is_file():
-        log.warning("%s: the stored result %s has lost its model file %s; training again",
-                    model_name, key, paths.models / model_rel)
+        log.warning(
+            "%s: the stored result %s has lost its model file %s; training again",
+            model_name,
+            key,
+            paths.models / model_rel,
+        )
         cache.invalidate(stage, key)
 
     def compute():
         stage_timer = timer.stage(model_name, group=timer_group) if timer is not None else contextlib.nullcontext()
         with stage_timer:
             return _train(
-                model_func=model_func, model_name=model_name, call_kwargs=call_kwargs, builder_hp=builder_hp,
-                opt=opt, input_shape=tuple(int(v) for v in input_shape), num_classes=int(num_classes),
-                train_generator=train_generator, test_generator=test_generator, phases=phases, device=device,
-                cb_settings=cb_settings, seed=seed, verbose=verbose, tensorboard=tensorboard, plot=plot,
-                evaluate=evaluate, extra_callbacks=list(extra_callbacks), paths=paths, key=key, run_dir=run_dir,
+                model_func=model_func,
+                model_name=model_name,
+                call_kwargs=call_kwargs,
+                builder_hp=builder_hp,
+                opt=opt,
+                input_shape=tuple(int(v) for v in input_shape),
+                num_classes=int(num_classes),
+                train_generator=train_generator,
+                test_generator=test_generator,
+                phases=phases,
+                device=device,
+                cb_settings=cb_settings,
+                seed=seed,
+                verbose=verbose,
+                tensorboard=tensorboard,
+                plot=plot,
+                evaluate=evaluate,
+                extra_callbacks=list(extra_callbacks),
+                paths=paths,
+                key=key,
+                run_dir=run_dir,
             )
 
     result = cache.run(stage, config, compute, deps=deps)
     if result.loaded:
-        log.info("%s: loaded the finished run %s (%d epochs) instead of training",
-                 model_name, result.key, result.value["epochs_run"])
+        log.info(
+            "%s: loaded the finished run %s (%d epochs) instead of training",
+            model_name,
+            result.key,
+            result.value["epochs_run"],
+        )
     shutil.rmtree(run_dir / "resume", ignore_errors=True)  # the result is stored: no resume needed
     return _result(result.value, result.key, result.loaded, paths)
 
 
-def _train(*, model_func, model_name, call_kwargs, builder_hp, opt, input_shape, num_classes, train_generator,
-           test_generator, phases, device, cb_settings, seed, verbose, tensorboard, plot, evaluate,
-           extra_callbacks, paths, key, run_dir) -> dict:
+def _train(
+    *,
+    model_func,
+    model_name,
+    call_kwargs,
+    builder_hp,
+    opt,
+    input_shape,
+    num_classes,
+    train_generator,
+    test_generator,
+    phases,
+    device,
+    cb_settings,
+    seed,
+    verbose,
+    tensorboard,
+    plot,
+    evaluate,
+    extra_callbacks,
+    paths,
+    key,
+    run_dir,
+) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "resume" / "state.pkl"
     state = _load_state(state_path, key)
@@ -1171,8 +1261,9 @@ def _train(*, model_func, model_name, call_kwargs, builder_hp, opt, input_shape,
         model = model_func(input_shape, num_classes, **kwargs)
     frozen_in_head = [layer for layer in _walk_layers(model) if not layer.trainable] if two_phase else []
     if two_phase and not frozen_in_head:
-        log.warning("%s: built with x_trainable='none' it has no frozen layer; the head phase trains everything",
-                    model_name)
+        log.warning(
+            "%s: built with x_trainable='none' it has no frozen layer; the head phase trains everything", model_name
+        )
 
     summary = _summary_text(model, model_name, device, opt, builder_hp)
     summary_path = run_dir / "summary.txt"
@@ -1184,8 +1275,10 @@ def _train(*, model_func, model_name, call_kwargs, builder_hp, opt, input_shape,
     best_path = run_dir / "best.keras"
     tb_dir = paths.logs / "tensorboard" / model_name / key if tensorboard and tensorboard_available() else None
     if tensorboard and tb_dir is None:
-        log.warning("%s: no TensorBoard logs: the tensorboard package is not installed "
-                    "(pip install tensorboard to get them)", model_name)
+        log.warning(
+            "%s: no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard to get them)",
+            model_name,
+        )
     stopped_early = False
 
     for phase in phases:
@@ -1193,11 +1286,21 @@ def _train(*, model_func, model_name, call_kwargs, builder_hp, opt, input_shape,
             continue  # finished before the restart; its weights are in the state of a later phase
         _set_phase_trainable(model, frozen_in_head, phase["name"])
         optimizer, schedule = make_optimizer(opt, lr_scale=phase["lr_scale"])
-        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=report_metrics(),
-                      jit_compile=device.jit_compile)
+        model.compile(
+            optimizer=optimizer,
+            loss="categorical_crossentropy",
+            metrics=report_metrics(),
+            jit_compile=device.jit_compile,
+        )
         callbacks = create_callbacks(
-            model_name, settings=cb_settings, checkpoint_path=best_path, tensorboard_dir=tb_dir, schedule=schedule,
-            learning_rate=opt["learning_rate"] * phase["lr_scale"], state_path=state_path, extra=extra_callbacks,
+            model_name,
+            settings=cb_settings,
+            checkpoint_path=best_path,
+            tensorboard_dir=tb_dir,
+            schedule=schedule,
+            learning_rate=opt["learning_rate"] * phase["lr_scale"],
+            state_path=state_path,
+            extra=extra_callbacks,
             verbose=0 if verbose in (0, False) else 1,
         )
         restore = None
@@ -1213,13 +1316,28 @@ def _train(*, model_func, model_name, call_kwargs, builder_hp, opt, input_shape,
             stopped = state["stopped"]
             start = state["epoch"] + 1
             state = None
-        log.info("%s: phase %s, epochs %d..%d of %d, learning rate %.3g%s", model_name, phase["name"], start + 1,
-                 phase["end"], phases[-1]["end"], _current_lr(model.optimizer),
-                 f", gradient accumulation over {opt['accum_steps']} batches" if opt["accum_steps"] else "")
+        log.info(
+            "%s: phase %s, epochs %d..%d of %d, learning rate %.3g%s",
+            model_name,
+            phase["name"],
+            start + 1,
+            phase["end"],
+            phases[-1]["end"],
+            _current_lr(model.optimizer),
+            f", gradient accumulation over {opt['accum_steps']} batches" if opt["accum_steps"] else "",
+        )
         saver = ResumableState(
-            state_path, key=key, phase=phase, callbacks=callbacks, schedule=schedule,
-            train_generator=train_generator, history=history, history_path=history_path, restore=restore,
-            clock=clock, record_phase=two_phase,
+            state_path,
+            key=key,
+            phase=phase,
+            callbacks=callbacks,
+            schedule=schedule,
+            train_generator=train_generator,
+            history=history,
+            history_path=history_path,
+            restore=restore,
+            clock=clock,
+            record_phase=two_phase,
         )
         if restore is not None:
             # counters for a fit that may not run (stopped, or all epochs done)

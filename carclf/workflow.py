@@ -6,6 +6,7 @@ call the same functions, so a stage re-run from either place is served from
 the same cache.
 """
 
+import contextlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -138,8 +139,13 @@ def augment_images(ws, decoded=None):
         return None
     decoded = decoded or _stored(ws, "decoded", decode_images)
     with _timed(ws, "data augmentation"):
-        augmented = build_augmented_set(decoded["train"], ws.cache, out_dir=ws.paths.augmented,
-                                        n_variants=ws.settings["n_variants"], seed=ws.settings["seed"])
+        augmented = build_augmented_set(
+            decoded["train"],
+            ws.cache,
+            out_dir=ws.paths.augmented,
+            n_variants=ws.settings["n_variants"],
+            seed=ws.settings["seed"],
+        )
     ws.results["augmented"] = augmented
     return augmented
 
@@ -152,9 +158,16 @@ def generators(ws):
     augmented = ws.results.get("augmented")
     if augmented is None and ws.settings["augmentation"] == "offline":
         augmented = augment_images(ws, decoded)
-    pair = make_generators(decoded, batch_size=ws.settings["batch_size"], augmentation=ws.settings["augmentation"],
-                           augmented=augmented, cutmix=ws.settings["cutmix"], mixup=ws.settings["mixup"],
-                           seed=ws.settings["seed"], cache=ws.cache)
+    pair = make_generators(
+        decoded,
+        batch_size=ws.settings["batch_size"],
+        augmentation=ws.settings["augmentation"],
+        augmented=augmented,
+        cutmix=ws.settings["cutmix"],
+        mixup=ws.settings["mixup"],
+        seed=ws.settings["seed"],
+        cache=ws.cache,
+    )
     ws.results["generators"] = pair
     return pair
 
@@ -174,9 +187,15 @@ def search_hyperparameters(ws):
     fixed = {k: v for k, v in model_hyperparams(ws, settings["model"]).items() if k not in searched}
     with _timed(ws, "hyperparameter search"):
         result = search.run_search(
-            settings.pop("model"), decoded["train"], backend=settings.pop("backend"),
-            n_trials=settings.pop("n_trials"), hyperparams=fixed,
-            batch_size=ws.settings["batch_size"], seed=ws.settings["seed"], paths=ws.paths, cache=ws.cache,
+            settings.pop("model"),
+            decoded["train"],
+            backend=settings.pop("backend"),
+            n_trials=settings.pop("n_trials"),
+            hyperparams=fixed,
+            batch_size=ws.settings["batch_size"],
+            seed=ws.settings["seed"],
+            paths=ws.paths,
+            cache=ws.cache,
             **settings,
         )
     ws.results["search"] = result
@@ -225,9 +244,19 @@ def train_model(ws, name, labels=LABELS, optimal=None):
         optimal = optimal or _stored(ws, "search", search_hyperparameters)
     train_gen, test_gen = _stored(ws, "generators", generators)
     return compare_default_optimal(
-        [name], optimal, train_gen, test_gen, ws.settings["epochs"], ws.settings["accum_steps"],
-        default=model_hyperparams(ws, name), paths=ws.paths, cache=ws.cache, timer=ws.timer,
-        seed=ws.settings["seed"], verbose=0, labels=labels,
+        [name],
+        optimal,
+        train_gen,
+        test_gen,
+        ws.settings["epochs"],
+        ws.settings["accum_steps"],
+        default=model_hyperparams(ws, name),
+        paths=ws.paths,
+        cache=ws.cache,
+        timer=ws.timer,
+        seed=ws.settings["seed"],
+        verbose=0,
+        labels=labels,
     )
 
 
@@ -242,8 +271,9 @@ def train_models(ws, optimal=None):
     from tqdm.auto import tqdm
 
     optimal = optimal or _stored(ws, "search", search_hyperparameters)
-    tables = [train_model(ws, name, optimal=optimal) for name in tqdm(ws.settings["models"], desc="models",
-                                                                      unit="model")]
+    tables = [
+        train_model(ws, name, optimal=optimal) for name in tqdm(ws.settings["models"], desc="models", unit="model")
+    ]
     table = pd.concat(tables, ignore_index=True)
     _save_table(ws, table, "comparison_table")
     ws.results["comparison"] = table
@@ -265,10 +295,8 @@ def trained_runs(ws, names=None, labels=LABELS):
     with ws.cache.only_cached(*EXPENSIVE_STAGES):
         optimal = None
         if "optimal" in labels:
-            try:
+            with contextlib.suppress(NotComputedError):  # no search yet, so no optimal run either
                 optimal = _stored(ws, "search", search_hyperparameters)
-            except NotComputedError:
-                pass  # no search yet, so no optimal run either
         for name in names or ws.settings["models"]:
             for label in labels:
                 if label == "optimal" and optimal is None:
@@ -288,7 +316,8 @@ def _not_trained(ws, what, name=None):
     return NotTrainedError(
         f"{what} trained in profile {ws.profile!r} under {ws.paths.root}: run "
         f"`python -m carclf --root {ws.paths.root} train --profile {ws.profile} --model {name or 'NAME'}` "
-        f"(or the notebook) first; `python -m carclf report` lists the runs that are trained")
+        f"(or the notebook) first; `python -m carclf report` lists the runs that are trained"
+    )
 
 
 def trained_run(ws, name=None, label=None, metric="accuracy"):
@@ -298,8 +327,11 @@ def trained_run(ws, name=None, label=None, metric="accuracy"):
     """
     table = trained_runs(ws, None if name is None else [name], LABELS if label is None else (label,))
     if table.empty:
-        what = ("no model has been" if name is None else
-                f"model {name!r}{f' ({label} hyperparameters)' if label else ''} has not been")
+        what = (
+            "no model has been"
+            if name is None
+            else f"model {name!r}{f' ({label} hyperparameters)' if label else ''} has not been"
+        )
         raise _not_trained(ws, what, name)
     return table.loc[table[metric].idxmax()]
 
@@ -309,8 +341,10 @@ def histories(ws, table=None):
     import pandas as pd
 
     table = _stored(ws, "comparison", train_models) if table is None else table
-    return {(row.model, row.hyperparams): pd.read_csv(ws.paths.models / row.model / row.train_key / "history.csv")
-            for row in table.itertuples()}
+    return {
+        (row.model, row.hyperparams): pd.read_csv(ws.paths.models / row.model / row.train_key / "history.csv")
+        for row in table.itertuples()
+    }
 
 
 def model_path(ws, row):
@@ -362,23 +396,35 @@ def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None)
     if model_file is None:
         model_file = model_path(ws, trained_run(ws, name, label))
     elif not Path(model_file).is_file():
-        raise ModelFileError(f"{model_file}: no such model file; give a .keras file saved by carclf "
-                             f"(models/<name>/<name>.keras)")
+        raise ModelFileError(
+            f"{model_file}: no such model file; give a .keras file saved by carclf (models/<name>/<name>.keras)"
+        )
     model = load_model(model_file, compile=False)
     frame = _stored(ws, "dataset", load_dataset).value
     class_names = frame.attrs["class_names"]
     if model.output_shape[-1] != len(class_names):
-        raise ModelFileError(f"{model_file}: the model has {model.output_shape[-1]} outputs but the dataset of "
-                             f"profile {ws.profile!r} has {len(class_names)} classes; give the --profile and "
-                             f"--dataset it was trained on")
-    annotated = {Path(path).resolve(): (x1, y1, x2, y2)
-                 for path, x1, y1, x2, y2 in frame[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False)}
+        raise ModelFileError(
+            f"{model_file}: the model has {model.output_shape[-1]} outputs but the dataset of "
+            f"profile {ws.profile!r} has {len(class_names)} classes; give the --profile and "
+            f"--dataset it was trained on"
+        )
+    annotated = {
+        Path(path).resolve(): (x1, y1, x2, y2)
+        for path, x1, y1, x2, y2 in frame[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False)
+    }
     size = tuple(int(v) for v in model.input_shape[1:3])
     arrays = []
     for image in images:
         try:
-            arrays.append(decode_image(image, box=box or annotated.get(image.resolve()), image_size=size,
-                                       crop=ws.settings["crop"], margin=ws.settings["margin"]))
+            arrays.append(
+                decode_image(
+                    image,
+                    box=box or annotated.get(image.resolve()),
+                    image_size=size,
+                    crop=ws.settings["crop"],
+                    margin=ws.settings["margin"],
+                )
+            )
         except ValueError as exc:
             raise ImageFileError(f"{image}: not an image OpenCV can read ({exc}); give JPEG or PNG files") from exc
     probabilities = model.predict(np.stack(arrays).astype("float32"), verbose=0)
@@ -405,7 +451,10 @@ REPORT_FILES = {
 
 
 def report_path(ws, kind, **fields):
-    """Where the report file of ``kind`` (:data:`REPORT_FILES`) lives, e.g. ``report_path(ws, "confusion", stem="best")``."""
+    """Where the report file of ``kind`` (:data:`REPORT_FILES`) lives.
+
+    For example ``report_path(ws, "confusion", stem="best")``.
+    """
     return ws.paths.reports / REPORT_FILES[kind].format(**fields)
 
 
@@ -423,8 +472,11 @@ def plot_augmentations(ws, rows=range(4)):
     frame = _stored(ws, "dataset", load_dataset).value
     rows = [r for r in rows if r < len(decoded["train"])]
     grid = augment.plot_augmentations(
-        decoded["train"].read(rows, dtype="uint8"), seed=ws.settings["seed"], rows=rows,
-        class_names=[frame.attrs["class_names"][c] for c in decoded["train"].class_ids[rows]])
+        decoded["train"].read(rows, dtype="uint8"),
+        seed=ws.settings["seed"],
+        rows=rows,
+        class_names=[frame.attrs["class_names"][c] for c in decoded["train"].class_ids[rows]],
+    )
     report.save_figure(grid, report_path(ws, "augment_grid"))
     return grid
 
@@ -434,25 +486,31 @@ def plot_search(ws, result=None):
     from carclf import search
 
     result = result or _stored(ws, "search", search_hyperparameters)
-    return (search.plot_convergence(result, out_path=report_path(ws, "search_convergence")),
-            search.plot_importance(result, out_path=report_path(ws, "search_importance")))
+    return (
+        search.plot_convergence(result, out_path=report_path(ws, "search_convergence")),
+        search.plot_importance(result, out_path=report_path(ws, "search_importance")),
+    )
 
 
 def plot_histories(ws, table=None):
     """Training curves of every run of the table (``reports/history_<model>_<hyperparams>.png``)."""
     from carclf import report
 
-    return [report.plot_history(history, f"{name} ({label})",
-                                out_path=report_path(ws, "history", model=name, hyperparams=label))
-            for (name, label), history in histories(ws, table).items()]
+    return [
+        report.plot_history(
+            history, f"{name} ({label})", out_path=report_path(ws, "history", model=name, hyperparams=label)
+        )
+        for (name, label), history in histories(ws, table).items()
+    ]
 
 
 def plot_comparison(ws, table=None):
     """The models side by side, default against optimal (``reports/comparison.png``)."""
     from carclf import report
 
-    return report.plot_comparison(_stored(ws, "comparison", train_models) if table is None else table,
-                                  out_path=report_path(ws, "comparison"))
+    return report.plot_comparison(
+        _stored(ws, "comparison", train_models) if table is None else table, out_path=report_path(ws, "comparison")
+    )
 
 
 def plot_evaluation(ws, name, label, evaluation, stem=None):
@@ -467,8 +525,12 @@ def plot_evaluation(ws, name, label, evaluation, stem=None):
     per_class = pd.DataFrame(evaluation.classification_report).T.rename_axis("class").reset_index()
     _save_table(ws, per_class, "classification", stem=stem)
     class_names = evaluation.class_names
-    return report.plot_confusion(evaluation.confusion_matrix, class_names, title=f"{name} ({label})",
-                                 out_path=report_path(ws, "confusion", stem=stem))
+    return report.plot_confusion(
+        evaluation.confusion_matrix,
+        class_names,
+        title=f"{name} ({label})",
+        out_path=report_path(ws, "confusion", stem=stem),
+    )
 
 
 def plot_timings(ws):
@@ -508,8 +570,10 @@ def summary(ws):
         frame = ws.results["dataset"].value
         names = frame.attrs["class_names"]
         counts = frame["split"].value_counts()
-        lines.append(f"dataset: {len(names)} classes, {counts.get('train', 0)} train and "
-                     f"{counts.get('test', 0)} test images ({ws.results['dataset'].path.parent})")
+        lines.append(
+            f"dataset: {len(names)} classes, {counts.get('train', 0)} train and "
+            f"{counts.get('test', 0)} test images ({ws.results['dataset'].path.parent})"
+        )
         report = frame.attrs.get("report")
         if report is not None:
             lines.append(report.summary())
@@ -543,10 +607,15 @@ def run_notebook(profile="demo", root=None, dataset=None, notebook=None, timeout
     source = Path(notebook or PROJECT_ROOT / NOTEBOOK)
     executed = paths.reports / f"stanford_cars_{profile}.ipynb"
     parameters = {"profile": profile, "root": str(paths.root), "dataset": None if dataset is None else str(dataset)}
-    papermill.execute_notebook(str(source), str(executed), parameters=parameters, cwd=str(source.parent),
-                               progress_bar=True, execution_timeout=timeout)
+    papermill.execute_notebook(
+        str(source),
+        str(executed),
+        parameters=parameters,
+        cwd=str(source.parent),
+        progress_bar=True,
+        execution_timeout=timeout,
+    )
     html, _ = HTMLExporter().from_filename(str(executed))
     html_path = executed.with_suffix(".html")
     atomic_write(html_path, html.encode("utf-8"))
     return executed, html_path
-

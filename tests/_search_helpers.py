@@ -19,8 +19,15 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 #: The killed skopt search (the test resumes it with the same settings).
-SKOPT_KILL = {"model": "model1", "n_calls": 4, "epochs": 2, "patience": 2, "n_initial_points": 3, "acq_func": "EI",
-              "seed": 3}
+SKOPT_KILL = {
+    "model": "model1",
+    "n_calls": 4,
+    "epochs": 2,
+    "patience": 2,
+    "n_initial_points": 3,
+    "acq_func": "EI",
+    "seed": 3,
+}
 
 #: Two workers sharing one SQLite study.
 OPTUNA_WORKERS = {"model": "model1", "epochs": 1, "heartbeat_interval": 1, "pruner": None, "seed": 5}
@@ -73,8 +80,9 @@ def skopt_kill(pickles, decoded_key, home, log_path):
     patch_pipeline(3, log_path)
     paths = Paths.default(home)
     settings = dict(SKOPT_KILL)
-    run_skopt_search(settings.pop("model"), open_data(pickles, decoded_key), paths=paths,
-                     cache=StageCache(paths.pickles), **settings)
+    run_skopt_search(
+        settings.pop("model"), open_data(pickles, decoded_key), paths=paths, cache=StageCache(paths.pickles), **settings
+    )
     raise SystemExit("the search finished without being killed")
 
 
@@ -85,8 +93,14 @@ def optuna_run(pickles, decoded_key, home, n_trials, settings):
 
     paths = Paths.default(home)
     settings = dict(settings)
-    return run_optuna_search(settings.pop("model"), open_data(pickles, decoded_key), n_trials=int(n_trials),
-                             paths=paths, cache=StageCache(paths.pickles), **settings)
+    return run_optuna_search(
+        settings.pop("model"),
+        open_data(pickles, decoded_key),
+        n_trials=int(n_trials),
+        paths=paths,
+        cache=StageCache(paths.pickles),
+        **settings,
+    )
 
 
 if __name__ == "__main__":
@@ -95,8 +109,16 @@ if __name__ == "__main__":
         skopt_kill(*args[:4])
     elif mode == "optuna-worker":
         result = optuna_run(*args[:4], OPTUNA_WORKERS)
-        print(json.dumps({"pid": os.getpid(), "n_trials": result.n_trials, "study": result.study_name,
-                          "best_trial": result.best_trial}))
+        print(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "n_trials": result.n_trials,
+                    "study": result.study_name,
+                    "best_trial": result.best_trial,
+                }
+            )
+        )
     elif mode == "optuna-kill":
         patch_pipeline(1)
         optuna_run(*args[:4], OPTUNA_KILL)

@@ -46,10 +46,21 @@ def plateau_run(decoded, home, extra_callbacks=()):
 
     train, test = generators(decoded)
     return run_model_pipeline(
-        create_model1_model, "model1", PLATEAU["hyperparams"], (32, 32, 3), decoded["train"].num_classes,
-        train, test, PLATEAU["epochs"], PLATEAU["accum_steps"],
-        paths=Paths.default(home), callbacks_config=PLATEAU["callbacks_config"], seed=PLATEAU["seed"],
-        verbose=0, plot=False, extra_callbacks=extra_callbacks,
+        create_model1_model,
+        "model1",
+        PLATEAU["hyperparams"],
+        (32, 32, 3),
+        decoded["train"].num_classes,
+        train,
+        test,
+        PLATEAU["epochs"],
+        PLATEAU["accum_steps"],
+        paths=Paths.default(home),
+        callbacks_config=PLATEAU["callbacks_config"],
+        seed=PLATEAU["seed"],
+        verbose=0,
+        plot=False,
+        extra_callbacks=extra_callbacks,
     )
 
 

@@ -21,11 +21,19 @@ def synthetic_cars32(tmp_path_factory):
     from carclf.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp("synthetic_cars32")
-    data_root = make_synthetic(root / "cars", n_classes=10, per_class_train=20, per_class_test=10,
-                               size_range=(64, 160), progress=False)
+    data_root = make_synthetic(
+        root / "cars", n_classes=10, per_class_train=20, per_class_test=10, size_range=(64, 160), progress=False
+    )
     frame = load_stanford_cars(data_root)
     cache = StageCache(root / "pickles")
     decoded = build_decoded_cache(frame, cache, image_size=(32, 32), progress=False)
     decoded_key = next(key for stage, key, _ in cache.events if stage == STAGE)
-    return SimpleNamespace(root=root, data_root=data_root, frame=frame, cache=cache, decoded=decoded,
-                           decoded_key=decoded_key, class_names=list(frame.attrs["class_names"]))
+    return SimpleNamespace(
+        root=root,
+        data_root=data_root,
+        frame=frame,
+        cache=cache,
+        decoded=decoded,
+        decoded_key=decoded_key,
+        class_names=list(frame.attrs["class_names"]),
+    )

@@ -1,4 +1,5 @@
-"""Augmentation: the report's pipeline, the offline set (seeded, parallel, resumable), online mode, CutMix, MixUp, the grid."""
+"""Augmentation: the report's pipeline, the offline set (seeded, parallel, resumable), online mode,
+CutMix, MixUp, the grid."""
 
 import filecmp
 import functools
@@ -108,7 +109,7 @@ def test_per_image_seeds_make_the_transforms_independent():
         applied = frozenset(name for name, _ in seed_pipeline(pipeline, 3, row, 0)(image=image)["applied_transforms"])
         combos[applied] += 1
         counts.update(applied)
-    for (name, kwargs) in REPORT_PIPELINE:
+    for name, kwargs in REPORT_PIPELINE:
         assert abs(counts[name] / n - kwargs["p"]) < 0.08, (name, counts[name] / n)
     assert len(combos) > 30
     assert any("Affine" in c and "HorizontalFlip" not in c for c in combos)
@@ -228,8 +229,9 @@ def test_only_the_training_split_is_augmented(source_npy, tmp_path):
     with pytest.raises(ValueError, match="test set never is"):
         build_augmented_set(test, StageCache(tmp_path), out_dir=tmp_path / "a", progress=False)
     train = DecodedSplit(images, np.zeros(len(images), int), [f"{i}.jpg" for i in range(len(images))], "train", 3)
-    built = build_augmented_set({"train": train, "test": test}, StageCache(tmp_path), out_dir=tmp_path / "a",
-                                workers=1, progress=False)
+    built = build_augmented_set(
+        {"train": train, "test": test}, StageCache(tmp_path), out_dir=tmp_path / "a", workers=1, progress=False
+    )
     assert len(built) == len(images) and set(built.manifest["source"]) == {f"{i}.jpg" for i in range(len(images))}
 
 

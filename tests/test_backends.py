@@ -207,9 +207,21 @@ def _model1_run(decoded, home, extra_callbacks=()):
     train = ImageBatches(decoded["train"], RESUME["batch_size"], shuffle=True, seed=0)
     test = ImageBatches(decoded["test"], 50, shuffle=False)
     return run_model_pipeline(
-        models.create_model1_model, "model1", RESUME["hyperparams"], (32, 32, 3), decoded["train"].num_classes,
-        train, test, RESUME["epochs"], None, paths=Paths.default(home), seed=0, verbose=0, plot=False,
-        tensorboard=False, extra_callbacks=extra_callbacks,
+        models.create_model1_model,
+        "model1",
+        RESUME["hyperparams"],
+        (32, 32, 3),
+        decoded["train"].num_classes,
+        train,
+        test,
+        RESUME["epochs"],
+        None,
+        paths=Paths.default(home),
+        seed=0,
+        verbose=0,
+        plot=False,
+        tensorboard=False,
+        extra_callbacks=extra_callbacks,
     )
 
 
@@ -272,8 +284,9 @@ def save_models(folder):
             model = models.build(name, (size, size, 3), CLASSES)
             if compiled:
                 optimizer, _ = make_optimizer(optimizer_settings({"decay": 0.01}))
-                model.compile(optimizer, "categorical_crossentropy", metrics=report_metrics(),
-                              jit_compile=configure().jit_compile)
+                model.compile(
+                    optimizer, "categorical_crossentropy", metrics=report_metrics(), jit_compile=configure().jit_compile
+                )
                 rng = np.random.default_rng(1)
                 x = rng.uniform(0, 255, (8, size, size, 3)).astype("float32")
                 y = np.eye(CLASSES, dtype="float32")[rng.integers(0, CLASSES, 8)]
@@ -289,7 +302,8 @@ def load_models(folder):
     folder = Path(folder)
     for key, (_, size, _, policy) in CROSS.items():
         # Under its own policy: Keras does not restore a functional model's dtype policy, and compiling
-        # it under float32 would drop the LossScaleOptimizer and its state (see test_load_model_keeps_a_mixed_precision_optimizer).
+        # it under float32 would drop the LossScaleOptimizer and its state
+        # (see test_load_model_keeps_a_mixed_precision_optimizer).
         with precision_policy(policy):
             model = load_model(folder / f"{key}.keras")
         assert model.get_layer("preprocessing").dtype_policy.name == policy
@@ -311,8 +325,9 @@ def _in_other_backend(mode, folder):
     if importlib.util.find_spec(OTHER) is None:
         pytest.skip(f"the {OTHER} backend is not installed (requirements-dev.txt installs JAX)")
     env = {**os.environ, "KERAS_BACKEND": OTHER, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, __file__, mode, str(folder)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, __file__, mode, str(folder)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -340,8 +355,9 @@ def test_keras_file_saved_under_one_backend_loads_under_the_other(direction, tmp
         for a, b in zip(_npz(f"{saved}.weights.npz"), _npz(f"{loaded}.weights.npz"), strict=True):
             np.testing.assert_array_equal(a, b)
         tolerance = {"rtol": 1e-4, "atol": 1e-5} if policy == "float32" else {"rtol": 1e-2, "atol": 2e-3}
-        np.testing.assert_allclose(np.load(f"{loaded}.predictions.npy"), np.load(f"{saved}.predictions.npy"),
-                                   **tolerance)
+        np.testing.assert_allclose(
+            np.load(f"{loaded}.predictions.npy"), np.load(f"{saved}.predictions.npy"), **tolerance
+        )
         if compiled:  # the optimizer state travels too (iterations, moments, loss scale)
             iterations = int(np.load(f"{saved}.iterations.npy"))
             assert int(np.load(f"{loaded}.iterations.npy")) == iterations

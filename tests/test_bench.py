@@ -46,7 +46,10 @@ def _run(args, tmp_path, backend=None, prefix=()):
     out = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, *prefix, str(SCRIPT), "--tiny", "--root", str(tmp_path / "data"), "--json", str(out), *args],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return proc.stdout, json.loads(out.read_text())

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carclf.cache import NotComputedError, StageCache, StageResult, atomic_open, atomic_pickle, atomic_write, config_hash, load_pickle
+from carclf.cache import (
+    NotComputedError,
+    StageCache,
+    StageResult,
+    atomic_open,
+    atomic_pickle,
+    atomic_write,
+    config_hash,
+    load_pickle,
+)
 
 HELPER = Path(__file__).with_name("_kill_helpers.py")
 _spec = importlib.util.spec_from_file_location("_kill_helpers", HELPER)
@@ -67,10 +76,9 @@ def test_writer_raising_after_partial_write_keeps_old_file(tmp_path):
     atomic_pickle(target, {"version": 1})
     before = target.read_bytes()
 
-    with pytest.raises(RuntimeError, match="half"):
-        with atomic_open(target) as handle:
-            handle.write(b"\x80half a pickle")
-            raise RuntimeError("crashed after half")
+    with pytest.raises(RuntimeError, match="half"), atomic_open(target) as handle:
+        handle.write(b"\x80half a pickle")
+        raise RuntimeError("crashed after half")
     # a pickle that fails after streaming megabytes into the temp file
     with pytest.raises(RuntimeError, match="disk on fire"):
         atomic_pickle(target, [b"x" * 3_000_000, _Bomb()])
@@ -82,9 +90,7 @@ def test_writer_raising_after_partial_write_keeps_old_file(tmp_path):
 def test_killed_during_large_writes_leaves_a_whole_file(tmp_path):
     target = tmp_path / "big.bin"
     size = 4 * 1024 * 1024
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), "atomic", str(target), str(size)], stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen([sys.executable, str(HELPER), "atomic", str(target), str(size)], stderr=subprocess.PIPE)
     try:
         wait_for(target.exists, proc, what="the first write")
         time.sleep(0.3)  # several rewrites in flight
@@ -103,7 +109,11 @@ def test_killed_during_large_writes_leaves_a_whole_file(tmp_path):
 def test_config_hash_is_stable_and_canonical():
     a = {"image_size": (224, 224), "model": {"name": "vgg16", "lr": 1e-3}, "root": Path("/data/cars")}
     b = {"root": "/data/cars", "model": {"lr": 0.001, "name": "vgg16"}, "image_size": [224, 224]}
-    c = {"root": Path("/data/cars"), "model": {"lr": np.float64(1e-3), "name": "vgg16"}, "image_size": np.array([224, 224])}
+    c = {
+        "root": Path("/data/cars"),
+        "model": {"lr": np.float64(1e-3), "name": "vgg16"},
+        "image_size": np.array([224, 224]),
+    }
     assert config_hash(a) == config_hash(b) == config_hash(c)
     assert len(config_hash(a)) == 16 and int(config_hash(a), 16) >= 0
     assert config_hash({"n": np.int64(3)}) == config_hash({"n": 3})
@@ -288,9 +298,7 @@ def test_run_units_resumes_after_an_exception(tmp_path):
 def test_run_units_resumes_after_sigkill(tmp_path):
     n = 12
     root = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(HELPER), "units", str(root), str(n), "0.1"], stderr=subprocess.PIPE
-    )
+    proc = subprocess.Popen([sys.executable, str(HELPER), "units", str(root), str(n), "0.1"], stderr=subprocess.PIPE)
     cache = StageCache(root)
     parts = cache.parts_dir("squares", cache.key("squares", dict(helpers.UNITS_CONFIG, n=n)))
     try:

@@ -24,8 +24,9 @@ from carclf.models import NAMES
 
 def _subprocess(home, *args, timeout=300):
     env = {**os.environ, "CARCLF_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "carclf", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "carclf", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class Ran:
@@ -47,9 +48,11 @@ def test_the_parser_knows_every_model_without_importing_keras():
 
 def test_a_missing_dataset_folder_is_a_clear_error(tmp_path):
     missing = tmp_path / "no-such-folder"
-    for command in (["prepare", "--profile", "full", "--dataset", str(missing)],
-                    ["run", "--profile", "full", "--dataset", str(missing)],
-                    ["train", "--model", "model1", "--dataset", str(missing)]):
+    for command in (
+        ["prepare", "--profile", "full", "--dataset", str(missing)],
+        ["run", "--profile", "full", "--dataset", str(missing)],
+        ["train", "--model", "model1", "--dataset", str(missing)],
+    ):
         result = _subprocess(tmp_path, *command)
         assert result.returncode == 2, result.stderr
         assert str(missing) in result.stderr
@@ -82,10 +85,19 @@ def stages(tmp_path_factory):
     not_an_image.write_text("not a JPEG")
     runs["predict-bad"] = _main(home, "predict", str(home / "missing.jpg"))
     models.build("model1", (32, 32, 3), 3).save(home / "three-classes.keras")
-    runs["predict-wrong-model"] = _main(home, "predict", "--model-file", str(home / "three-classes.keras"),
-                                        str(images[0]))
-    runs["predict-file"] = _main(home, "predict", "--json", "--top", "3", "--model-file",
-                                 str(home / "models" / "model1" / "model1.keras"), str(images[0]))
+    runs["predict-wrong-model"] = _main(
+        home, "predict", "--model-file", str(home / "three-classes.keras"), str(images[0])
+    )
+    runs["predict-file"] = _main(
+        home,
+        "predict",
+        "--json",
+        "--top",
+        "3",
+        "--model-file",
+        str(home / "models" / "model1" / "model1.keras"),
+        str(images[0]),
+    )
     runs["predict-no-model"] = _main(home, "predict", "--model-file", str(home / "none.keras"), str(images[0]))
     runs["predict-unreadable"] = _main(home, "predict", str(not_an_image))
     return home, images, runs
@@ -213,8 +225,10 @@ def test_predict_names_a_missing_or_unreadable_image_or_model_file(stages):
     assert unreadable.returncode == 2 and f"{home / 'notes.jpg'}: not an image OpenCV can read" in unreadable.stderr
     wrong, absent = runs["predict-wrong-model"], runs["predict-no-model"]
     assert wrong.returncode == 2
-    assert f"{home / 'three-classes.keras'}: the model has 3 outputs but the dataset of profile 'demo' has 10" \
+    assert (
+        f"{home / 'three-classes.keras'}: the model has 3 outputs but the dataset of profile 'demo' has 10"
         in wrong.stderr
+    )
     assert absent.returncode == 2 and f"{home / 'none.keras'}: no such model file" in absent.stderr
 
 
@@ -247,21 +261,25 @@ def test_the_demo_notebook_runs_end_to_end_then_from_the_cache(stages):
     assert executed.is_file() and executed.with_suffix(".html").is_file()
     done, total = _served(_outputs(executed))
     assert 0 < done < total  # what the commands computed loaded; the other models trained
-    displays = [out for cell in json.loads(executed.read_text())["cells"] for out in cell.get("outputs", [])
-                if out["output_type"] == "display_data"]
+    displays = [
+        out
+        for cell in json.loads(executed.read_text())["cells"]
+        for out in cell.get("outputs", [])
+        if out["output_type"] == "display_data"
+    ]
     assert displays and all("".join(out["data"].get("text/plain", "")).strip() for out in displays)  # none empty
     for name in NAMES:
         for label in ("default", "optimal"):
             assert (home / "reports" / f"history_{name}_{label}.png").is_file()
-    for plot in ("comparison.png", "timings.png", "confusion_best.png", "search_convergence.png",
-                 "augment_grid.png"):
+    for plot in ("comparison.png", "timings.png", "confusion_best.png", "search_convergence.png", "augment_grid.png"):
         assert (home / "reports" / plot).is_file(), plot
     table = pd.read_csv(home / "reports" / "comparison.csv")
     assert sorted(table["model"].unique()) == sorted(NAMES)
     assert len(table) == 2 * len(NAMES) and set(table["hyperparams"]) == {"default", "optimal"}
     assert table["accuracy"].between(0, 1).all()
     assert table.set_index("model")["loaded"].groupby(level=0).all().to_dict() == {
-        name: name == "model1" for name in NAMES}  # only the command line's model1 runs were loaded
+        name: name == "model1" for name in NAMES
+    }  # only the command line's model1 runs were loaded
 
     start = time.perf_counter()
     second = _subprocess(home, "demo", timeout=1500)
@@ -283,8 +301,8 @@ def _restarted_kernel_runs_cells_backwards(home):
     import nbformat
     from nbclient import NotebookClient
 
-    from carclf.workflow import NOTEBOOK
     from carclf.config import PROJECT_ROOT
+    from carclf.workflow import NOTEBOOK
 
     source = PROJECT_ROOT / NOTEBOOK
     notebook = nbformat.read(source, as_version=4)
@@ -292,11 +310,16 @@ def _restarted_kernel_runs_cells_backwards(home):
     setup = next(i for i, cell in enumerate(code) if "Workspace.open" in cell.source) + 1
     summary = code[-1]
     assert "workflow.summary(ws)" in summary.source
-    cells = [nbformat.v4.new_code_cell(f"profile, dataset, root = 'demo', None, {str(home)!r}"), *code[1:setup],
-             *reversed(code[setup:-1]), summary]
+    cells = [
+        nbformat.v4.new_code_cell(f"profile, dataset, root = 'demo', None, {str(home)!r}"),
+        *code[1:setup],
+        *reversed(code[setup:-1]),
+        summary,
+    ]
     notebook.cells = cells
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(source.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(source.parent)}}
+    ).execute()
     out = home / "reports" / "restarted.ipynb"
     nbformat.write(notebook, out)
     return _outputs(out)

@@ -16,13 +16,11 @@ from carclf.data import (
     folder_name,
     labels,
     load_stanford_cars,
-    scan_stanford_cars,
 )
 from carclf.synthetic import RAM_CV, make_synthetic
 
 N_CLASSES = 5
-SMALL = dict(n_classes=N_CLASSES, per_class_train=3, per_class_test=3, size_range=(64, 160), progress=False,
-             workers=2)
+SMALL = dict(n_classes=N_CLASSES, per_class_train=3, per_class_test=3, size_range=(64, 160), progress=False, workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +54,7 @@ def set_fields(**values):
         for key, value in values.items():
             fields[order.index(key)] = str(value)
         return ",".join(fields)
+
     return change
 
 
@@ -187,7 +186,11 @@ def test_degenerate_box_uses_whole_image(kaggle):
     frame = load_stanford_cars(kaggle)
     first = image_of(frame)
     assert first["degenerate"] and (first["x1"], first["y1"], first["x2"], first["y2"]) == (
-        0, 0, first["width"], first["height"])
+        0,
+        0,
+        first["width"],
+        first["height"],
+    )
     assert [p.file for p in frame.attrs["report"].degenerate_boxes] == ["00001.jpg"]
 
 
@@ -256,10 +259,13 @@ def test_empty_names(kaggle, devkit):
         load_stanford_cars(devkit)
 
 
-@pytest.mark.parametrize("change, complaint", [
-    (lambda line: line.rsplit(",", 1)[0], "has 5 fields"),
-    (set_fields(y2="12.5"), "has a non-integer"),
-])
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        (lambda line: line.rsplit(",", 1)[0], "has 5 fields"),
+        (set_fields(y2="12.5"), "has a non-integer"),
+    ],
+)
 def test_malformed_annotation_line_is_named(kaggle, change, complaint):
     rewrite_line(kaggle / "anno_test.csv", 4, change)
     with pytest.raises(DatasetError, match=rf"anno_test\.csv: line 4 {complaint}"):

@@ -127,7 +127,10 @@ def test_box_touching_the_border_is_clipped(frame):
     edge = frame.iloc[2]  # box (width // 2, 0, width, height)
     box = (edge.x1, edge.y1, edge.x2, edge.y2)
     assert crop_window(box, edge.width, edge.height, margin=0.5) == (
-        edge.x1 - int(np.ceil(0.5 * (edge.x2 - edge.x1))), 0, edge.width, edge.height
+        edge.x1 - int(np.ceil(0.5 * (edge.x2 - edge.x1))),
+        0,
+        edge.width,
+        edge.height,
     )
     assert crop_window(box, edge.width, edge.height, margin=0) == box
     assert decode_image(edge.path, box, image_size=(10, 10), margin=0.5).shape == (10, 10, 3)
@@ -267,7 +270,9 @@ def numbered(tmp_path):
     array.flush()
     del array
     class_ids = np.arange(n) % 4
-    return DecodedSplit(np.load(tmp_path / "x.npy", mmap_mode="r"), class_ids, [f"{i}.jpg" for i in range(n)], "train", 4)
+    return DecodedSplit(
+        np.load(tmp_path / "x.npy", mmap_mode="r"), class_ids, [f"{i}.jpg" for i in range(n)], "train", 4
+    )
 
 
 def epoch_indices(split, **kwargs):

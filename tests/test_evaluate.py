@@ -34,7 +34,11 @@ def test_confusion_matrix_and_per_class_accuracy(result):
 def test_most_confused_pairs_by_name(result):
     top = result.most_confused(2)
     assert list(top.columns[:3]) == ["true_class", "predicted_class", "count"]
-    assert top.iloc[0][["true_class", "predicted_class", "count"]].tolist() == ["BMW M3", "Ram C/V Cargo Van Minivan 2012", 2]
+    assert top.iloc[0][["true_class", "predicted_class", "count"]].tolist() == [
+        "BMW M3",
+        "Ram C/V Cargo Van Minivan 2012",
+        2,
+    ]
     assert top.iloc[0]["share"] == pytest.approx(2 / 3)
     assert len(result.most_confused(10)) == 3  # only pairs that were confused
 

@@ -84,8 +84,14 @@ def decoded():
 
 @pytest.fixture
 def augmented(decoded, tmp_path):
-    built = build_augmented_set(decoded["train"], StageCache(tmp_path / "pickles"), out_dir=tmp_path / "augmented",
-                                n_variants=2, workers=1, progress=False)
+    built = build_augmented_set(
+        decoded["train"],
+        StageCache(tmp_path / "pickles"),
+        out_dir=tmp_path / "augmented",
+        n_variants=2,
+        workers=1,
+        progress=False,
+    )
     return built
 
 
@@ -164,10 +170,17 @@ def test_concat_split_reads_rows_across_parts(split):
 def test_generators_feed_model_fit(decoded, augmented):
     import keras
 
-    train_gen, test_gen = make_generators(decoded, batch_size=8, input_shape=(16, 20, 3), augmented=augmented,
-                                          mixup=True)
-    model = keras.Sequential([keras.Input((16, 20, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-                              keras.layers.Dense(4, activation="softmax")])
+    train_gen, test_gen = make_generators(
+        decoded, batch_size=8, input_shape=(16, 20, 3), augmented=augmented, mixup=True
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((16, 20, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
     model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(train_gen, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])

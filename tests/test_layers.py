@@ -105,9 +105,7 @@ def test_keras_file_round_trip_without_custom_objects(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     images = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(model(images)), keras.ops.convert_to_numpy(loaded(images))
-    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images)), keras.ops.convert_to_numpy(loaded(images)))
     assert [type(layer).__name__ for layer in loaded.layers[1:]] == [
         "ImagePreprocessing",
         "Conv2D",

@@ -143,9 +143,7 @@ def test_keras_file_round_trip_gives_identical_predictions(small, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)  # no custom_objects
     for saved, restored in zip(model.weights, loaded.weights):
-        np.testing.assert_array_equal(
-            keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored)
-        )
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored))
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(model(images, training=False)),
         keras.ops.convert_to_numpy(loaded(images, training=False)),
@@ -167,9 +165,7 @@ def _vgg16_base():
 )
 def test_x_trainable_selects_the_trailing_base_layers(x_trainable, n_trainable):
     base, transfer = _vgg16_base()
-    model, n_layers, n_frozen = models.finetune_vgg16(
-        base, transfer, x_trainable=x_trainable, num_classes=NUM_CLASSES
-    )
+    model, n_layers, n_frozen = models.finetune_vgg16(base, transfer, x_trainable=x_trainable, num_classes=NUM_CLASSES)
     names = base_layer_names(model)
     assert len(names) == 18  # 13 convolutions, 5 poolings
     trainable = [n for n in names if model.get_layer(n).trainable]

@@ -45,12 +45,26 @@ def test_comparison_plot_default_against_optimal(tmp_path):
     rows = []
     for model in ("model1", "alexnet", "efficientnetb0"):
         for label, bonus in (("default", 0.0), ("optimal", 0.05)):
-            rows.append({"model": model, "hyperparams": label, "accuracy": 0.5 + bonus, "top3_accuracy": 0.7 + bonus,
-                         "precision": 0.6, "recall": 0.4, "auc": 0.9})
+            rows.append(
+                {
+                    "model": model,
+                    "hyperparams": label,
+                    "accuracy": 0.5 + bonus,
+                    "top3_accuracy": 0.7 + bonus,
+                    "precision": 0.6,
+                    "recall": 0.4,
+                    "auc": 0.9,
+                }
+            )
     rows = rows[:-1]  # a model without its optimal run leaves a gap, not an error
     fig = report.plot_comparison(rows, out_path=tmp_path / "comparison.png")
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [
-        "accuracy", "top3 accuracy", "precision", "recall", "auc"]
+        "accuracy",
+        "top3 accuracy",
+        "precision",
+        "recall",
+        "auc",
+    ]
     assert len(fig.axes[0].patches) == 6  # 3 models x 2 hyperparameter sets (one NaN)
     assert (tmp_path / "comparison.png").read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="none of the metrics"):

@@ -41,17 +41,21 @@ def test_stage_timer_records_wall_and_cpu(tmp_path):
 
     table = timer.table()
     assert list(table.index) == ["augmentation", "model1", "Total (hours)"]
-    assert list(table.columns) == [("default", "wall_min"), ("default", "cpu_min"),
-                                   ("optimal", "wall_min"), ("optimal", "cpu_min")]
+    assert list(table.columns) == [
+        ("default", "wall_min"),
+        ("default", "cpu_min"),
+        ("optimal", "wall_min"),
+        ("optimal", "cpu_min"),
+    ]
     assert table.loc["Total (hours)", ("default", "wall_min")] == pytest.approx(
-        (records.iloc[0]["wall_min"] + records.iloc[1]["wall_min"]) / 60)
+        (records.iloc[0]["wall_min"] + records.iloc[1]["wall_min"]) / 60
+    )
 
 
 def test_failed_stage_is_recorded_and_left_out_of_table(tmp_path):
     timer = StageTimer(tmp_path / "timings.csv")
-    with pytest.raises(RuntimeError):
-        with timer.stage("search"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), timer.stage("search"):
+        raise RuntimeError("boom")
     assert list(timer.records()["status"]) == ["failed"]
     assert timer.table().empty
     # A new timer on the same file (a kernel restart) sees the earlier rows.
@@ -66,9 +70,8 @@ def test_a_stage_that_only_loaded_keeps_the_minutes_of_the_run_that_computed_it(
         time.sleep(0.3)
     with timer.stage("decode images") as run:
         run.status = "cached"
-    with pytest.raises(LookupError):
-        with timer.stage("decode images") as run:
-            run.status = "missing"
-            raise LookupError("not stored")
+    with pytest.raises(LookupError), timer.stage("decode images") as run:
+        run.status = "missing"
+        raise LookupError("not stored")
     assert list(timer.records()["status"]) == ["ok", "cached", "missing"]
     assert timer.table().loc["decode images", ("default", "wall_min")] >= 0.3 / 60

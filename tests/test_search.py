@@ -94,8 +94,17 @@ def param_set(params):
 
 
 def test_space_is_declared_once_and_restricts_to_adam():
-    assert set(S.SEARCH_SPACE) == {"learning_rate", "weight_decay", "dropout", "beta_1", "beta_2", "decay",
-                                   "momentum", "rho", "optimizer_type"}
+    assert set(S.SEARCH_SPACE) == {
+        "learning_rate",
+        "weight_decay",
+        "dropout",
+        "beta_1",
+        "beta_2",
+        "decay",
+        "momentum",
+        "rho",
+        "optimizer_type",
+    }
     assert S.SEARCH_SPACE["learning_rate"] == (1e-6, 1e-3, "log-uniform")  # the report's 1e-3 to 1e-6
     assert S.SEARCH_SPACE["weight_decay"][:2] == (1e-6, 1e-4)
     assert S.SEARCH_SPACE["dropout"][:2] == (0.1, 0.5)
@@ -114,8 +123,7 @@ def test_space_is_declared_once_and_restricts_to_adam():
     assert {d.name for d in S._skopt_dimensions(adam)} == set(adam) - {"optimizer_type"}  # a constant
 
     # a trial keeps only what its optimizer reads
-    sgd = S._applied({"optimizer_type": "SGD", "learning_rate": 1e-4, "beta_1": 0.9, "momentum": 0.9, "rho": 0.9},
-                     full)
+    sgd = S._applied({"optimizer_type": "SGD", "learning_rate": 1e-4, "beta_1": 0.9, "momentum": 0.9, "rho": 0.9}, full)
     assert sgd == {"optimizer_type": "SGD", "learning_rate": 1e-4, "momentum": 0.9}
 
     with pytest.raises(ValueError, match="log-uniform"):
@@ -209,8 +217,9 @@ def test_skopt_search_reloads_and_extends(skopt_run, synthetic_cars32, monkeypat
 def test_affordable_settings_are_recorded_and_start_another_search(skopt_run, synthetic_cars32, monkeypatch):
     result, _, root = skopt_run
     spy = PipelineSpy(monkeypatch)
-    small = S.run_skopt_search("model1", synthetic_cars32.decoded, 1, **{**SKOPT, "subsample": 0.5},
-                               input_size=(16, 16), **where(root))
+    small = S.run_skopt_search(
+        "model1", synthetic_cars32.decoded, 1, **{**SKOPT, "subsample": 0.5}, input_size=(16, 16), **where(root)
+    )
     assert len(spy.calls) == 1 and len(small.trials) == 1  # not mistaken for the finished 4-call search
     assert small.settings["subsample"] == 0.5 and small.settings["input_size"] == [16, 16]
     assert small.settings["input_shape"] == [16, 16, 3]
@@ -234,9 +243,18 @@ def test_plots_and_importance(skopt_run):
 def test_skopt_search_killed_in_trial_3_resumes_there(synthetic_cars32, tmp_path, monkeypatch):
     log_path = tmp_path / "calls.jsonl"
     proc = subprocess.run(
-        [sys.executable, str(HELPER), "skopt-kill", str(synthetic_cars32.cache.root), synthetic_cars32.decoded_key,
-         str(tmp_path), str(log_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(HELPER),
+            "skopt-kill",
+            str(synthetic_cars32.cache.root),
+            synthetic_cars32.decoded_key,
+            str(tmp_path),
+            str(log_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     started = [json.loads(line) for line in log_path.read_text().splitlines()]
@@ -272,8 +290,14 @@ def fake_pipeline(monkeypatch, diverge_at):
         if len(calls) == diverge_at:
             raise T.NonFiniteLossError("the training loss became nan")
         value = 2.0 + 0.01 * math.log10(hyperparams["learning_rate"])
-        return SimpleNamespace(history={"val_loss": [value + 0.1, value], "loss": [1.0, 0.9]}, epochs_run=2,
-                               wall_min=0.0, cpu_min=0.0, key=f"fake{len(calls)}", resumed_from_epoch=None)
+        return SimpleNamespace(
+            history={"val_loss": [value + 0.1, value], "loss": [1.0, 0.9]},
+            epochs_run=2,
+            wall_min=0.0,
+            cpu_min=0.0,
+            key=f"fake{len(calls)}",
+            resumed_from_epoch=None,
+        )
 
     monkeypatch.setattr(T, "run_model_pipeline", fake)
     return calls
@@ -285,8 +309,16 @@ def test_full_space_and_diverged_trials(synthetic_cars32, tmp_path, monkeypatch)
     common = {"optimizer_type", "learning_rate", "weight_decay", "dropout", "decay"}
 
     calls = fake_pipeline(monkeypatch, diverge_at=2)
-    result = S.run_skopt_search("model1", synthetic_cars32.decoded, 4, adam_only=False, n_initial_points=3,
-                                acq_func="EI", epochs=2, **where(tmp_path / "skopt"))
+    result = S.run_skopt_search(
+        "model1",
+        synthetic_cars32.decoded,
+        4,
+        adam_only=False,
+        n_initial_points=3,
+        acq_func="EI",
+        epochs=2,
+        **where(tmp_path / "skopt"),
+    )
     assert len(calls) == 4
     for hp in calls:
         assert set(hp) == common | reads[hp["optimizer_type"]]
@@ -296,8 +328,16 @@ def test_full_space_and_diverged_trials(synthetic_cars32, tmp_path, monkeypatch)
     assert result.best_trial != 1 and result.trials.loc[1, "error"]
 
     calls = fake_pipeline(monkeypatch, diverge_at=2)
-    result = S.run_search("model1", synthetic_cars32.decoded, backend="optuna", n_trials=3, adam_only=False,
-                          epochs=2, heartbeat_interval=1, **where(tmp_path / "optuna"))
+    result = S.run_search(
+        "model1",
+        synthetic_cars32.decoded,
+        backend="optuna",
+        n_trials=3,
+        adam_only=False,
+        epochs=2,
+        heartbeat_interval=1,
+        **where(tmp_path / "optuna"),
+    )
     assert result.backend == "optuna"
     for hp in calls:
         assert set(hp) == common | reads[hp["optimizer_type"]]
@@ -329,12 +369,18 @@ def test_skopt_replay_gives_the_uninterrupted_search(synthetic_cars32, tmp_path,
 
 
 def test_optuna_prunes_a_poor_trial(synthetic_cars32, tmp_path):
-    good = {"learning_rate": 1e-3, "weight_decay": 1e-6, "dropout": 0.1, "beta_1": 0.9, "beta_2": 0.999,
-            "decay": 1e-7}
+    good = {"learning_rate": 1e-3, "weight_decay": 1e-6, "dropout": 0.1, "beta_1": 0.9, "beta_2": 0.999, "decay": 1e-7}
     poor = {**good, "learning_rate": 1e-6, "dropout": 0.5}
     result = S.run_optuna_search(
-        "model1", synthetic_cars32.decoded, n_trials=3, epochs=2, patience=2, prune_startup_trials=2,
-        prune_warmup_epochs=0, enqueue=[good, {**good, "beta_1": 0.85}, poor], heartbeat_interval=1,
+        "model1",
+        synthetic_cars32.decoded,
+        n_trials=3,
+        epochs=2,
+        patience=2,
+        prune_startup_trials=2,
+        prune_warmup_epochs=0,
+        enqueue=[good, {**good, "beta_1": 0.85}, poor],
+        heartbeat_interval=1,
         **where(tmp_path),
     )
     states = dict(zip(result.trials["trial"], result.trials["state"]))
@@ -360,8 +406,15 @@ def test_two_optuna_workers_share_one_sqlite_study(synthetic_cars32, tmp_path):
     from optuna.trial import TrialState
 
     n_trials = 2
-    cmd = [sys.executable, str(HELPER), "optuna-worker", str(synthetic_cars32.cache.root),
-           synthetic_cars32.decoded_key, str(tmp_path), str(n_trials)]
+    cmd = [
+        sys.executable,
+        str(HELPER),
+        "optuna-worker",
+        str(synthetic_cars32.cache.root),
+        synthetic_cars32.decoded_key,
+        str(tmp_path),
+        str(n_trials),
+    ]
     workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     for worker, (out, err) in zip(workers, outputs):
@@ -381,15 +434,25 @@ def test_optuna_trial_killed_mid_run_is_retried(synthetic_cars32, tmp_path):
 
     n_trials = 1  # trial 0 is killed mid-run: this worker waits for it to go stale, then retries it
     proc = subprocess.run(
-        [sys.executable, str(HELPER), "optuna-kill", str(synthetic_cars32.cache.root), synthetic_cars32.decoded_key,
-         str(tmp_path), str(n_trials)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(HELPER),
+            "optuna-kill",
+            str(synthetic_cars32.cache.root),
+            synthetic_cars32.decoded_key,
+            str(tmp_path),
+            str(n_trials),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
     settings = dict(helpers.OPTUNA_KILL)
-    result = S.run_optuna_search(settings.pop("model"), synthetic_cars32.decoded, n_trials=n_trials, **settings,
-                                 **where(tmp_path))
+    result = S.run_optuna_search(
+        settings.pop("model"), synthetic_cars32.decoded, n_trials=n_trials, **settings, **where(tmp_path)
+    )
     study = _study(result.study_name, tmp_path)
     killed = study.trials[0]
     assert killed.state == TrialState.FAIL  # marked failed through the heartbeat

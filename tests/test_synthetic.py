@@ -20,8 +20,9 @@ def contents(root):
 @pytest.mark.parametrize("layout", ["class-folder", "devkit"])
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, layout):
     a = contents(make_synthetic(tmp_path / "a", layout=layout, **TINY))
-    b = contents(make_synthetic(tmp_path / "b", layout=layout, workers=1,
-                                **{k: v for k, v in TINY.items() if k != "workers"}))
+    b = contents(
+        make_synthetic(tmp_path / "b", layout=layout, workers=1, **{k: v for k, v in TINY.items() if k != "workers"})
+    )
     c = contents(make_synthetic(tmp_path / "c", layout=layout, **{**TINY, "seed": 1}))
     assert a == b
     images_a, images_c = ({v for k, v in x.items() if k.endswith(".jpg")} for x in (a, c))
@@ -71,16 +72,18 @@ def test_refuses_to_mix_sets_or_overwrite_a_dataset(tmp_path):
 
 
 def test_quirks_of_the_real_set(tmp_path):
-    root = make_synthetic(tmp_path / "q", n_classes=10, per_class_train=10, per_class_test=10,
-                          size_range=(64, 128), progress=False)
+    root = make_synthetic(
+        tmp_path / "q", n_classes=10, per_class_train=10, per_class_test=10, size_range=(64, 128), progress=False
+    )
     frame = load_stanford_cars(root)
     report = frame.attrs["report"]
     assert report.ok and len(frame) == 200
     assert (frame["mode"] == "L").sum() >= 3  # grayscale JPEGs
     assert cv2.imread(frame.loc[frame["mode"] == "L", "path"].iloc[0], cv2.IMREAD_UNCHANGED).ndim == 2
     assert len(report.clipped_boxes) >= 2  # boxes past the border, as annotated
-    touching = (frame["x1"] == 0) | (frame["y1"] == 0) | (frame["x2"] == frame["width"]) | (
-        frame["y2"] == frame["height"])
+    touching = (
+        (frame["x1"] == 0) | (frame["y1"] == 0) | (frame["x2"] == frame["width"]) | (frame["y2"] == frame["height"])
+    )
     assert 0.03 <= touching.mean() <= 0.15
     assert frame["width"].nunique() > 30 and frame["width"].between(64, 128).all()
     aspect = frame["height"] / frame["width"]
@@ -108,7 +111,7 @@ def test_box_crops_are_learnable_without_a_network(tmp_path):
     frame = load_stanford_cars(root)
 
     def thumbnails(part):
-        crops = [cv2.imread(r.path, cv2.IMREAD_COLOR)[r.y1:r.y2, r.x1:r.x2] for r in part.itertuples()]
+        crops = [cv2.imread(r.path, cv2.IMREAD_COLOR)[r.y1 : r.y2, r.x1 : r.x2] for r in part.itertuples()]
         return np.array([cv2.resize(c, (16, 16), interpolation=cv2.INTER_AREA).ravel() for c in crops], np.float32)
 
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]

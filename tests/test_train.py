@@ -35,8 +35,19 @@ def _learn_run(data, home):
     train = ImageBatches(data.decoded["train"], LEARN["batch_size"], shuffle=True, seed=LEARN["seed"])
     test = ImageBatches(data.decoded["test"], 100, shuffle=False)
     return T.run_model_pipeline(
-        create_model1_model, "model1", LEARN["hyperparams"], (32, 32, 3), 10, train, test, LEARN["epochs"], None,
-        paths=Paths.default(home), seed=LEARN["seed"], verbose=0, timer=StageTimer(home / "logs" / "timings.csv"),
+        create_model1_model,
+        "model1",
+        LEARN["hyperparams"],
+        (32, 32, 3),
+        10,
+        train,
+        test,
+        LEARN["epochs"],
+        None,
+        paths=Paths.default(home),
+        seed=LEARN["seed"],
+        verbose=0,
+        timer=StageTimer(home / "logs" / "timings.csv"),
     )
 
 
@@ -122,9 +133,18 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_counters(synthetic_cars32
     """
     killed = tmp_path / "killed"
     proc = subprocess.run(
-        [sys.executable, str(HELPER), str(synthetic_cars32.cache.root), synthetic_cars32.decoded_key, str(killed),
-         "3", "1"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(HELPER),
+            str(synthetic_cars32.cache.root),
+            synthetic_cars32.decoded_key,
+            str(killed),
+            "3",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     (state_path,) = (killed / "models" / "model1").glob("*/resume/state.pkl")
@@ -159,8 +179,21 @@ def test_two_phase_fine_tuning(synthetic_cars32, tmp_path):
     train = ImageBatches(synthetic_cars32.decoded["train"], 32, shuffle=True, seed=0)
     test = ImageBatches(synthetic_cars32.decoded["test"], 100, shuffle=False)
     r = T.run_model_pipeline(
-        create_model1_model, "model1", {"learning_rate": 1e-3}, (32, 32, 3), 10, train, test, 3, None,
-        paths=Paths.default(tmp_path), two_phase=True, head_epochs=1, finetune_lr_scale=0.1, verbose=0, plot=False,
+        create_model1_model,
+        "model1",
+        {"learning_rate": 1e-3},
+        (32, 32, 3),
+        10,
+        train,
+        test,
+        3,
+        None,
+        paths=Paths.default(tmp_path),
+        two_phase=True,
+        head_epochs=1,
+        finetune_lr_scale=0.1,
+        verbose=0,
+        plot=False,
     )
     assert r.history["phase"] == [0.0, 1.0, 1.0]
     np.testing.assert_allclose(r.history["learning_rate"], [1e-3, 1e-4, 1e-4], rtol=1e-5)
@@ -181,8 +214,20 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
             return x, np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
 
     with pytest.raises(T.NonFiniteLossError, match=r"model1: the training loss became nan at epoch 1.*learning_rate"):
-        T.run_model_pipeline(create_model1_model, "model1", {}, (16, 16, 3), 3, NaNBatches(), NaNBatches(), 2, None,
-                             paths=Paths.default(tmp_path), verbose=0, plot=False)
+        T.run_model_pipeline(
+            create_model1_model,
+            "model1",
+            {},
+            (16, 16, 3),
+            3,
+            NaNBatches(),
+            NaNBatches(),
+            2,
+            None,
+            paths=Paths.default(tmp_path),
+            verbose=0,
+            plot=False,
+        )
 
 
 # --------------------------------------------------------------------------- #
@@ -195,8 +240,18 @@ def test_unknown_optimizer_raises_the_listed_error(synthetic_cars32, tmp_path):
         T.optimizer_settings({"optimizer_type": "Nadam"})
     train = ImageBatches(synthetic_cars32.decoded["train"], 32)
     with pytest.raises(ValueError, match="choose one of: Adam, SGD, RMSprop, Adagrad"):
-        T.run_model_pipeline(create_model1_model, "model1", {"optimizer_type": "adamw"}, (32, 32, 3), 10, train,
-                             train, 1, None, paths=Paths.default(tmp_path))
+        T.run_model_pipeline(
+            create_model1_model,
+            "model1",
+            {"optimizer_type": "adamw"},
+            (32, 32, 3),
+            10,
+            train,
+            train,
+            1,
+            None,
+            paths=Paths.default(tmp_path),
+        )
     assert not (tmp_path / "models").exists()  # refused before anything was built
 
 
@@ -231,8 +286,9 @@ def test_reduce_lr_on_plateau_scales_a_decaying_schedule_in_the_compiled_step():
     x = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [-2.0, 1.0]], dtype=np.float32)
     y = np.array([[1.0], [-1.0], [0.0], [2.0]], dtype=np.float32)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
-    optimizer, schedule = T.make_optimizer(T.optimizer_settings({"optimizer_type": "SGD", "learning_rate": 0.05,
-                                                                 "decay": 1e-12}))
+    optimizer, schedule = T.make_optimizer(
+        T.optimizer_settings({"optimizer_type": "SGD", "learning_rate": 0.05, "decay": 1e-12})
+    )
     model.compile(optimizer, "mse")
     plateau = T.ReduceLROnPlateau(schedule=schedule, monitor="loss", factor=0.5, patience=1, min_delta=100.0)
     history = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[plateau])
@@ -252,8 +308,9 @@ def test_gradient_accumulation_equals_one_big_batch():
     def train(accum_steps, batch_size):
         keras.utils.set_random_seed(1)
         model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
-        optimizer, _ = T.make_optimizer(T.optimizer_settings({"optimizer_type": "SGD", "learning_rate": 0.1},
-                                                             accum_steps=accum_steps))
+        optimizer, _ = T.make_optimizer(
+            T.optimizer_settings({"optimizer_type": "SGD", "learning_rate": 0.1}, accum_steps=accum_steps)
+        )
         model.compile(optimizer, "mse")
         start = [w.copy() for w in model.get_weights()]
         model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
