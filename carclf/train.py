@@ -243,9 +243,9 @@ def filter_hyperparams(model_func: Callable, hyperparams: dict | None) -> tuple[
     params = inspect.signature(model_func).parameters
     model_keys = {k: v for k, v in hyperparams.items() if k not in _TRAINING_KEYS}
     if "hyperparams" in params:
-        if getattr(model_func, "__module__", None) == "carclf.models":
-            from carclf.models import DEFAULT_HYPERPARAMS
+        from carclf.models import DEFAULT_HYPERPARAMS, is_builder
 
+        if is_builder(model_func):
             used = {k: model_keys.get(k, default) for k, default in DEFAULT_HYPERPARAMS.items()}
         else:
             used = model_keys
