@@ -2,8 +2,8 @@
 
 import time
 
-from carclf.config import Paths
 from carclf.data import load_stanford_cars
+from carclf.paths import Paths
 from carclf.synthetic import make_synthetic
 
 

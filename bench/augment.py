@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 
 # Only what the spawned workers need at the top: they import this script again.
-from carclf.augment import _encode, augment_image, build_augmented_set
+from carclf.augment import augment_image, build_augmented_set
+from carclf.augment.offline import _encode
 from carclf.cache import StageCache, atomic_write
-from carclf.config import usable_cpus
+from carclf.paths import usable_cpus
+from carclf.settings import AugmentSettings, DecodeSettings
 
 REAL_TRAIN_IMAGES = 8144
 REPORT_MINUTES = 30.645
@@ -51,9 +53,9 @@ def build_rate(train, workers, args, scratch):
     result = build_augmented_set(
         train,
         StageCache(root / "pickles"),
+        AugmentSettings(n_variants=args.variants),
+        0,
         out_dir=root / "augmented",
-        n_variants=args.variants,
-        seed=0,
         workers=workers,
         executor=args.executor,
         progress=False,
@@ -122,7 +124,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="carclf-bench-augment-") as scratch:
         t0 = time.perf_counter()
         train = build_decoded_cache(
-            train_frame, StageCache(Path(scratch) / "decoded"), image_size=(args.size, args.size), progress=False
+            train_frame, StageCache(Path(scratch) / "decoded"), DecodeSettings(image_size=args.size), progress=False
         )["train"]
         print(f"box crops decoded at {args.size}x{args.size} in {time.perf_counter() - t0:.1f} s")
         one = many = (0.0, 0.0)

@@ -28,6 +28,7 @@ from _data import bench_train_frame  # noqa: E402
 from carclf.cache import StageCache  # noqa: E402
 from carclf.decoded import build_decoded_cache  # noqa: E402
 from carclf.generators import ImageBatches  # noqa: E402
+from carclf.settings import DecodeSettings  # noqa: E402
 
 
 def images_per_second(batches, epochs):
@@ -56,7 +57,9 @@ def main():
     size = (args.size, args.size)
     with tempfile.TemporaryDirectory() as pickles:
         t0 = time.perf_counter()
-        decoded = build_decoded_cache(train, StageCache(pickles), image_size=size, crop="full", progress=False)
+        decoded = build_decoded_cache(
+            train, StageCache(pickles), DecodeSettings(image_size=size, crop="full"), progress=False
+        )
         build_s = time.perf_counter() - t0
         gen = ImageBatches(decoded["train"], batch_size=args.batch_size, shuffle=True, seed=0)
 

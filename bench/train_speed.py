@@ -193,6 +193,7 @@ def prepare_data(root, classes, per_class, size):
     from carclf.cache import StageCache
     from carclf.data import load_stanford_cars
     from carclf.decoded import build_decoded_cache
+    from carclf.settings import DecodeSettings
     from carclf.synthetic import make_synthetic
 
     t0 = time.perf_counter()
@@ -210,7 +211,7 @@ def prepare_data(root, classes, per_class, size):
     train = frame[frame["split"] == "train"]
     drawn = time.perf_counter() - t0
     t0 = time.perf_counter()
-    decoded = build_decoded_cache(train, StageCache(root / "pickles"), image_size=(size, size), progress=False)
+    decoded = build_decoded_cache(train, StageCache(root / "pickles"), DecodeSettings(image_size=size), progress=False)
     return decoded["train"], drawn, time.perf_counter() - t0
 
 
@@ -487,9 +488,9 @@ def main(argv=None):
     started = time.perf_counter()
     import keras
 
-    from carclf.config import Paths
     from carclf.device import configure
     from carclf.models import MIN_INPUT_SIZE, NAMES
+    from carclf.paths import Paths
 
     names = [n.strip() for n in args.models.split(",")] if args.models else list(NAMES)
     unknown = [n for n in names if n not in NAMES]

@@ -1,10 +1,6 @@
-"""carclf: Stanford Cars classification with eight CNNs.
+"""carclf: Stanford Cars classification with eight CNNs, from a resumable notebook.
 
-One module per concern: ``data`` (the dataset on disk), ``synthetic`` (a
-learnable stand-in in the same layout), ``cache`` (the stage cache under
-``pickles/``), ``decoded`` (cropped, resized uint8 images in memory-mapped
-``.npy`` files), ``runlog`` (logging and the stage timer), ``config`` (paths
-and profiles).
+docs/architecture.md maps the modules and the stages; ``carclf.workflow`` holds the notebook's steps.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -23,12 +23,13 @@ import enum
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -173,7 +174,7 @@ def canonical(value, _trail: str = ""):
         return canonical(value.tolist(), _trail)
     if isinstance(value, PurePath):
         return value.as_posix()
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             if isinstance(k, str):
@@ -192,12 +193,42 @@ def canonical(value, _trail: str = ""):
         items = [canonical(v, f"{_trail}{{}}") for v in value]
         return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        # A field marked key=False (carclf.settings) says how to run, not what is computed.
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.metadata.get("key", True)}
         return {"__dataclass__": type(value).__qualname__, **canonical(fields, _trail)}
     raise TypeError(
         f"cannot hash {type(value).__name__} value {value!r:.80} at {_where(_trail)}: "
         "configs must be plain data (str, numbers, bool, None, lists, tuples, dicts, Paths)"
     )
+
+
+def qualname(obj) -> str:
+    """``module.QualifiedName`` of a function or class (how keys and logs name a builder or a hook)."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def native(value):
+    """A numpy scalar as the Python number it holds; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def json_safe(value):
+    """``value`` for ``json.dumps(allow_nan=False)``: numpy scalars as numbers, non-finite floats as None,
+    Paths and timestamps as strings, containers walked."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    value = native(value)
+    if type(value).__name__ in ("NaTType", "NAType"):  # pandas' missing values, without importing pandas
+        return None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (PurePath, _dt.datetime)):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(canonical(value))
+    return value
 
 
 def canonical_json(config) -> str:
@@ -521,6 +552,9 @@ __all__ = [
     "atomic_write",
     "canonical",
     "config_hash",
+    "json_safe",
     "load_pickle",
+    "native",
+    "qualname",
     "unit_filename",
 ]

@@ -14,19 +14,20 @@ import json
 import sys
 
 from carclf.data import DatasetError
+from carclf.settings import LABELS, MODEL_NAMES, SettingsError
 
 #: Exit status for bad input (a missing dataset, an unknown model, nothing trained yet).
 USAGE_ERROR = 2
 
 
-def _workspace(args):
+def _workspace(args, **overrides):
+    """The workspace of the command's profile, its flags turned into settings overrides."""
     from carclf import workflow
 
-    overrides = {}
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.image_size:
-        overrides["image_size"] = (args.image_size, args.image_size)
+        overrides["image_size"] = args.image_size
     return workflow.Workspace.open(args.profile, root=args.root, **overrides)
 
 
@@ -53,11 +54,12 @@ def _augment(args):
     ws = _workspace(args)
     augmented = workflow.augment_images(ws)
     if augmented is None:
-        print(f"profile {ws.profile!r} augments {ws.settings['augmentation']!r}: there is no offline set to build")
+        mode = ws.settings.augment.augmentation
+        print(f"profile {ws.profile!r} augments {mode!r}: there is no offline set to build")
         return 0
     workflow.plot_augmentations(ws)
     print(
-        f"augmented training set: {len(augmented)} images, {ws.settings['n_variants']} per original, "
+        f"augmented training set: {len(augmented)} images, {ws.settings.augment.n_variants} per original, "
         f"under {ws.paths.augmented}\nexamples: {workflow.report_path(ws, 'augment_grid')}"
     )
     return 0
@@ -66,9 +68,7 @@ def _augment(args):
 def _search(args):
     from carclf import workflow
 
-    ws = _workspace(args)
-    if args.trials:
-        ws.settings["search"] = {**ws.settings["search"], "n_trials": args.trials}
+    ws = _workspace(args, **({"search.n_trials": args.trials} if args.trials else {}))
     result = workflow.search_hyperparameters(ws)
     workflow.plot_search(ws, result)
     _print_table(result.trials)
@@ -96,15 +96,13 @@ def _train(args):
     from carclf.models import check_name
 
     names = [check_name(name) for name in args.model] if args.model else None
-    ws = _workspace(args)
-    if args.epochs:
-        ws.settings["epochs"] = args.epochs
-    labels = workflow.LABELS if args.hyperparams == "both" else (args.hyperparams,)
-    if names is None and labels == workflow.LABELS:
+    ws = _workspace(args, **({"epochs": args.epochs} if args.epochs else {}))
+    labels = LABELS if args.hyperparams == "both" else (args.hyperparams,)
+    if names is None and labels == LABELS:
         table = workflow.train_models(ws)
     else:
         table = pd.concat(
-            [workflow.train_model(ws, name, labels) for name in names or ws.settings["models"]], ignore_index=True
+            [workflow.train_model(ws, name, labels) for name in names or ws.settings.models], ignore_index=True
         )
     _print_table(table.drop(columns=["train_key"]).set_index(["model", "hyperparams"]))
     print(f"models under {ws.paths.models}; `python -m carclf report` draws the plots")
@@ -173,12 +171,14 @@ def _run(args):
     from papermill.exceptions import PapermillExecutionError
 
     from carclf import workflow
-    from carclf.config import PROFILES, Paths
     from carclf.data import detect_layout
+    from carclf.paths import Paths
+    from carclf.settings import PROFILES
 
-    if PROFILES[args.profile]["dataset"] != "synthetic":
+    dataset = PROFILES[args.profile].data.dataset
+    if dataset != "synthetic":
         # Fail before starting a kernel, with the data layer's message on what the folder should hold.
-        detect_layout(args.dataset or Paths.default(args.root).root / PROFILES[args.profile]["dataset"])
+        detect_layout(args.dataset or Paths.default(args.root).root / dataset)
     try:
         executed, html = workflow.run_notebook(args.profile, root=args.root, dataset=args.dataset)
     except PapermillExecutionError as exc:
@@ -196,10 +196,6 @@ def _run(args):
 def _demo(args):
     args.profile, args.dataset = "demo", None
     return _run(args)
-
-
-#: carclf.models.NAMES, repeated so that parsing the command line does not import Keras (5 s).
-MODEL_NAMES = ("model1", "alexnet", "vgg16", "resnet50", "densenet121", "imagenet", "efficientnetb0", "inceptionv3")
 
 
 def build_parser():
@@ -306,7 +302,7 @@ def build_parser():
 def _is_bad_input(exc):
     from carclf.workflow import ImageFileError, ModelFileError, NotTrainedError
 
-    kinds = [DatasetError, NotTrainedError, ImageFileError, ModelFileError]
+    kinds = [DatasetError, NotTrainedError, ImageFileError, ModelFileError, SettingsError]
     models = sys.modules.get("carclf.models")  # loaded whenever its error can have been raised
     if models is not None:
         kinds.append(models.UnknownModelError)

@@ -17,13 +17,16 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from carclf.cache import StageCache, load_pickle, unit_filename
-from carclf.config import usable_cpus
+from carclf.paths import usable_cpus
+from carclf.settings import DecodeSettings, check_positive_int
+from carclf.splits import DecodedSplit
 
 log = logging.getLogger("carclf.decoded")
 
@@ -43,23 +46,6 @@ _SPLIT_ORDER = {"train": 0, "test": 1}
 # --------------------------------------------------------------------------- #
 
 
-def _check_size(image_size):
-    try:
-        height, width = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be (height, width), got {image_size!r}") from None
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
-    return height, width
-
-
-def _check_crop(crop, margin):
-    if crop not in ("box", "full"):
-        raise ValueError(f"crop must be 'box' or 'full', got {crop!r}")
-    if not np.isfinite(margin) or margin < 0:
-        raise ValueError(f"margin must be a fraction >= 0, got {margin!r}")
-
-
 def crop_window(box, width, height, margin=0.08):
     """The (x1, y1, x2, y2) pixel window of ``box`` grown by ``margin``, clipped.
 
@@ -75,7 +61,7 @@ def crop_window(box, width, height, margin=0.08):
     return left, top, right, bottom
 
 
-def _decode(path, box, image_size, crop, margin, expect_wh=None):
+def _decode(path, box, settings: DecodeSettings, expect_wh=None):
     # IGNORE_ORIENTATION: Stanford Cars boxes are in raw pixel coordinates, so an
     # EXIF rotation must not be applied before cropping.
     image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -84,101 +70,25 @@ def _decode(path, box, image_size, crop, margin, expect_wh=None):
     height, width = image.shape[:2]
     if expect_wh is not None and (width, height) != tuple(expect_wh):
         raise ValueError(f"image {path} decodes to {width}x{height} but the frame says {expect_wh[0]}x{expect_wh[1]}")
-    if crop == "box" and box is not None:
-        left, top, right, bottom = crop_window(box, width, height, margin)
+    if settings.crop == "box" and box is not None:
+        left, top, right, bottom = crop_window(box, width, height, settings.margin)
         if right <= left or bottom <= top:
             raise ValueError(f"empty crop box {tuple(box)} for image {path} ({width}x{height})")
         image = image[top:bottom, left:right]
-    out_h, out_w = image_size
+    out_h, out_w = settings.image_size
     image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_image(path, box=None, image_size=(224, 224), crop="box", margin=0.08) -> np.ndarray:
-    """Decode one image to uint8 RGB of shape ``(*image_size, 3)``.
+def decode_image(path, box=None, settings: DecodeSettings | None = None) -> np.ndarray:
+    """Decode one image to uint8 RGB of shape ``(*settings.image_size, 3)``.
 
-    ``image_size`` is (height, width). With ``crop="box"`` the image is cut to
-    ``box`` (x1, y1, x2, y2; slice bounds) grown by ``margin`` of the box's
-    width/height on each side and clipped to the image (``margin=0``: the tight
-    box); with ``crop="full"`` (or no box) the whole image is kept. Grayscale
-    images come out as three equal channels. Raises ValueError naming the file
-    when cv2 cannot decode it.
+    With ``crop="box"`` the image is cut to ``box`` (x1, y1, x2, y2; slice bounds) grown by ``margin`` of
+    the box's width/height on each side and clipped to the image (``margin=0``: the tight box); with
+    ``crop="full"`` (or no box) the whole image is kept. Grayscale images come out as three equal channels.
+    Raises ValueError naming the file when cv2 cannot decode it.
     """
-    image_size = _check_size(image_size)
-    _check_crop(crop, margin)
-    return _decode(path, box, image_size, crop, margin)
-
-
-# --------------------------------------------------------------------------- #
-# A decoded split
-# --------------------------------------------------------------------------- #
-
-
-def epoch_order(n, shuffle=True, seed=0, epoch=0) -> np.ndarray:
-    """The row order of one epoch: a permutation from Generator((seed, epoch)), or 0..n-1 unshuffled.
-
-    Derived from (seed, epoch) alone, so a resumed run replays the order it would have had.
-    """
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-
-
-class DecodedSplit:
-    """One split of the decoded cache: read-only uint8 images and their labels."""
-
-    def __init__(self, images, class_ids, paths, split, num_classes):
-        self.images = images
-        self.class_ids = np.asarray(class_ids, dtype=np.int64)
-        self.paths = list(paths)
-        self.split = split
-        self.num_classes = int(num_classes)
-        if len(self.images) != len(self.class_ids) or len(self.paths) != len(self.class_ids):
-            raise ValueError(f"split {split}: {len(images)} images, {len(class_ids)} labels, {len(paths)} paths")
-
-    def __len__(self):
-        return len(self.class_ids)
-
-    def __repr__(self):
-        return f"DecodedSplit({self.split!r}, images={self.images.shape}, num_classes={self.num_classes})"
-
-    @property
-    def image_size(self):
-        return tuple(self.images.shape[1:3])
-
-    def one_hot(self, dtype=np.float32) -> np.ndarray:
-        """(N, num_classes) one-hot labels."""
-        return np.eye(self.num_classes, dtype=dtype)[self.class_ids]
-
-    def order(self, shuffle=True, seed=0, epoch=0) -> np.ndarray:
-        """The row order of one epoch (see :func:`epoch_order`)."""
-        return epoch_order(len(self), shuffle, seed, epoch)
-
-    def read(self, indices, dtype=np.float32) -> np.ndarray:
-        """Images at ``indices`` (in that order) as ``dtype``, read in sorted order."""
-        indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), *self.images.shape[1:]), dtype=dtype)
-        if len(indices) and np.all(indices[1:] == indices[:-1] + 1):
-            out[...] = self.images[indices[0] : indices[-1] + 1]  # one contiguous slice
-            return out
-        by_position = np.argsort(indices, kind="stable")
-        out[by_position] = self.images[indices[by_position]]
-        return out
-
-    def batches(self, batch_size, shuffle=True, seed=0, epoch=0):
-        """Yield ``(x, y)``: x float32 (B, H, W, 3) in 0-255, y one-hot float32.
-
-        Every row once per epoch, the last partial batch included; shuffled by
-        a Generator seeded from ``(seed, epoch)``.
-        """
-        if int(batch_size) <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size!r}")
-        batch_size = int(batch_size)
-        eye = np.eye(self.num_classes, dtype=np.float32)
-        order = self.order(shuffle, seed, epoch)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            yield self.read(idx), eye[self.class_ids[idx]]
+    return _decode(path, box, settings or DecodeSettings())
 
 
 # --------------------------------------------------------------------------- #
@@ -226,12 +136,10 @@ def _create_npy(path: Path, shape) -> None:
 class _Builder:
     """Decodes chunks of rows into the writable memmaps; made lazily."""
 
-    def __init__(self, folder, plan, image_size, crop, margin, workers, progress, total, done_rows):
+    def __init__(self, folder, plan, settings, workers, progress, total, done_rows):
         self.folder = folder
         self.plan = plan
-        self.image_size = image_size
-        self.crop = crop
-        self.margin = margin
+        self.settings = settings
         self.workers = max(1, int(workers or usable_cpus()))
         self.progress = progress
         self.total = total
@@ -246,7 +154,7 @@ class _Builder:
         return self.arrays[split]
 
     def _one(self, images, row, rec):
-        images[row] = _decode(rec["path"], rec["box"], self.image_size, self.crop, self.margin, rec["wh"])
+        images[row] = _decode(rec["path"], rec["box"], self.settings, rec["wh"])
 
     def chunk(self, split, start, stop):
         if self.pool is None:
@@ -305,9 +213,8 @@ def _plan(frame, splits):
 def build_decoded_cache(
     frame,
     cache: StageCache,
-    image_size=(224, 224),
-    crop="box",
-    margin=0.08,
+    settings: DecodeSettings | None = None,
+    *,
     deps=(),
     workers=None,
     chunk_size=256,
@@ -315,23 +222,20 @@ def build_decoded_cache(
 ) -> dict[str, DecodedSplit]:
     """Decode every row of ``frame`` once into memory-mapped uint8 arrays.
 
-    ``frame`` has the columns of ``carclf.data.load_stanford_cars`` (path,
-    split, class_id, x1, y1, x2, y2, and optionally width/height, which are
-    checked against the decoded size). Returns one :class:`DecodedSplit` per
-    split present ("train" first, then "test"), rows in frame order, images
-    opened read-only.
+    ``frame`` has the columns of ``carclf.data.load_stanford_cars`` (path, split, class_id, x1, y1, x2, y2,
+    and optionally width/height, which are checked against the decoded size). ``settings``
+    (:class:`carclf.settings.DecodeSettings`) says how: the image size, box or whole image, the margin.
+    Returns one :class:`DecodedSplit` per split present ("train" first, then "test"), rows in frame order,
+    images opened read-only.
 
-    The result is the stage ``"decoded"`` of ``cache``, keyed by image_size,
-    crop, margin, a fingerprint of the frame's rows, and ``deps``; its arrays
-    are ``<split>.npy`` in ``cache.artifact_dir("decoded", key)``. The build
-    runs ``workers`` threads (default: all cores) and is resumable chunk by
-    chunk (``chunk_size`` rows); a finished build is only opened again.
+    The result is the stage ``"decoded"`` of ``cache``, keyed by the settings, a fingerprint of the frame's
+    rows, and ``deps``; its arrays are ``<split>.npy`` in ``cache.artifact_dir("decoded", key)``. The build
+    runs ``workers`` threads (default: all cores) and is resumable chunk by chunk (``chunk_size`` rows); a
+    finished build is only opened again.
     """
-    image_size = _check_size(image_size)
-    _check_crop(crop, margin)
-    if int(chunk_size) <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
-    chunk_size = int(chunk_size)
+    settings = settings or DecodeSettings()
+    image_size, crop, margin = settings.image_size, settings.crop, settings.margin
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     _check_frame(frame)
 
     splits = _ordered_splits(frame)
@@ -339,9 +243,7 @@ def build_decoded_cache(
     num_classes = len(frame.attrs.get("class_names") or ()) or int(frame["class_id"].max()) + 1
     config = {
         "version": DECODE_VERSION,
-        "image_size": list(image_size),
-        "crop": crop,
-        "margin": float(margin) if crop == "box" else None,
+        "settings": settings if crop == "box" else replace(settings, margin=0.0),  # no margin without a box
         "frame": frame_fingerprint(frame),
         "rows": {s: int((frame["split"].astype(str) == s).sum()) for s in splits},
         "num_classes": num_classes,
@@ -372,15 +274,13 @@ def build_decoded_cache(
         stop - start for unit, (_, start, stop) in bounds.items() if (parts / f"{unit_filename(unit)}.pkl").is_file()
     )
     plan = _plan(frame, splits)
-    builder = _Builder(
-        folder, plan, image_size, crop, margin, workers, progress, sum(config["rows"].values()), done_rows
-    )
+    builder = _Builder(folder, plan, settings, workers, progress, sum(config["rows"].values()), done_rows)
 
     def combine(done):
         return {
             "image_size": image_size,
             "crop": crop,
-            "margin": config["margin"],
+            "margin": margin if crop == "box" else None,
             "num_classes": num_classes,
             "splits": {
                 s: {
@@ -425,12 +325,10 @@ def open_decoded(cache: StageCache, key: str) -> dict[str, DecodedSplit]:
 
 
 __all__ = [
-    "DecodedSplit",
     "STAGE",
     "build_decoded_cache",
     "crop_window",
     "decode_image",
-    "epoch_order",
     "frame_fingerprint",
     "open_decoded",
 ]

@@ -13,8 +13,7 @@ TPU                          ``mixed_bfloat16``               on
 ============================ ================================ ==========================
 
 On the JAX backend every train step is compiled with XLA anyway (that is how
-JAX runs), so ``jit_compile="auto"`` is on there for every device; with the
-torch backend it is off (``jit_compile`` would mean ``torch.compile``).
+JAX runs), so ``jit_compile="auto"`` is on there for every device.
 
 Overrides: ``mixed_precision`` takes ``"auto"``, ``True`` (``mixed_float16``
 whatever the device), ``False`` (``float32``), ``"float16"`` /
@@ -125,24 +124,10 @@ def _jax_accelerator() -> Accelerator:
     return Accelerator("jax", "cpu")
 
 
-def _torch_accelerator() -> Accelerator:
-    import torch  # only on the torch backend
-
-    if torch.cuda.is_available():
-        return Accelerator(
-            "torch",
-            "gpu",
-            torch.cuda.device_count(),
-            torch.cuda.get_device_name(0),
-            tuple(torch.cuda.get_device_capability(0)),
-        )
-    return Accelerator("torch", "cpu")
-
-
 def detect_accelerator() -> Accelerator:
     """The accelerator of the current Keras backend (a CPU-only result if detection fails)."""
     backend = keras.backend.backend()
-    detect = {"tensorflow": _tensorflow_accelerator, "jax": _jax_accelerator, "torch": _torch_accelerator}.get(backend)
+    detect = {"tensorflow": _tensorflow_accelerator, "jax": _jax_accelerator}.get(backend)
     if detect is None:
         return Accelerator(backend, "cpu")
     try:
@@ -193,8 +178,6 @@ def resolve_jit_compile(jit_compile="auto", accelerator: Accelerator | None = No
         acc = accelerator or detect_accelerator()
         if acc.backend == "jax":
             return True
-        if acc.backend == "torch":
-            return False
         return acc.kind != "cpu"
     if isinstance(jit_compile, bool):
         return jit_compile

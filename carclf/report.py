@@ -28,14 +28,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from carclf.cache import atomic_write
+from carclf.settings import check_positive_int
 
 __all__ = [
     "COMPARISON_METRICS",
     "HISTORY_PANELS",
     "comparison_frame",
+    "plot_augmentations",
     "plot_comparison",
     "plot_confusion",
+    "plot_convergence",
     "plot_history",
+    "plot_importance",
     "plot_timings",
     "save_figure",
     "timing_table",
@@ -251,3 +255,97 @@ def plot_timings(timer_or_table, out_path=None) -> Figure:
     if out_path is not None:
         save_figure(fig, out_path)
     return fig
+
+
+# --------------------------------------------------------------------------- #
+# The search and the augmentation
+# --------------------------------------------------------------------------- #
+
+
+def plot_convergence(result, out_path=None) -> Figure:
+    """The objective of every trial and the best so far, against the trial number (a Figure)."""
+    trials = result.trials
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    done = trials[trials["state"] == "complete"]
+    ax.plot(done["trial"], done["value"], "o", label="trial", alpha=0.7)
+    values = done["value"].to_numpy(dtype=float)
+    if len(values):
+        best = np.minimum.accumulate(values) if result.direction == "minimize" else np.maximum.accumulate(values)
+        ax.step(done["trial"], best, where="post", label="best so far", color="C1")
+    stopped = trials[trials["state"].isin(["pruned", "diverged"])]
+    if len(stopped):
+        shown = pd.to_numeric(stopped["last_value"], errors="coerce")
+        if shown.notna().any():
+            ax.plot(stopped["trial"][shown.notna()], shown[shown.notna()], "x", color="C3", label="pruned (last value)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(result.objective)
+    ax.set_title(f"{result.model_name}: {result.backend} search, {result.objective} ({result.direction})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
+
+
+def plot_importance(result, out_path=None) -> Figure:
+    """A bar chart of the hyperparameters' importance for the objective (fANOVA; a Figure)."""
+    importances = result.importances()
+    fig = Figure(figsize=(7, 0.5 * max(3, len(importances)) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    if importances:
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names], color="C0")
+        ax.set_xlabel("importance (fANOVA, share of the variance of the objective)")
+        ax.set_xlim(0, 1)
+        ax.grid(True, axis="x", alpha=0.3)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "not enough completed trials to rank the hyperparameters",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+    ax.set_title(f"{result.model_name}: hyperparameter importance for {result.objective}")
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
+
+
+def plot_augmentations(images, pipeline=None, n_variants=4, seed=0, class_names=None, rows=None):
+    """A grid: each original crop (first column) beside ``n_variants`` augmented variants.
+
+    ``images``: uint8 RGB (N, H, W, 3) (e.g. ``decoded["train"].read(idx, np.uint8)``).
+    ``rows``: their rows in the training split (default 0..N-1); with the set's
+    ``seed`` the variants are exactly those :func:`build_augmented_set` writes
+    for those rows. ``class_names``: one title per image. Returns a matplotlib
+    ``Figure`` (not registered with pyplot; a notebook shows it as a cell's value).
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    n_variants = check_positive_int("n_variants", n_variants)
+    rows = list(range(len(images))) if rows is None else [int(r) for r in rows]
+    if len(rows) != len(images) or (class_names is not None and len(class_names) != len(images)):
+        raise ValueError("rows and class_names need one entry per image")
+    from carclf.augment import REPORT_PIPELINE, augment_image
+
+    declaration = REPORT_PIPELINE if pipeline is None else pipeline
+    n, cols = len(images), n_variants + 1
+    figure = Figure(figsize=(2.0 * cols, 2.1 * n), layout="constrained")
+    axes = figure.subplots(n, cols, squeeze=False)
+    for i, (image, row) in enumerate(zip(images, rows)):
+        title = "original" if class_names is None else f"{class_names[i]}"
+        axes[i, 0].imshow(image)
+        axes[i, 0].set_title(title, fontsize=8)
+        for v in range(n_variants):
+            axes[i, v + 1].imshow(augment_image(image, seed, row, v, declaration))
+            axes[i, v + 1].set_title(f"variant {v}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return figure

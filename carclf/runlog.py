@@ -39,8 +39,8 @@ def setup_logging(log_dir="logs", level=logging.INFO, filename="carclf.log"):
     return logger
 
 
-def _cpu_seconds():
-    # Worker processes count too: the report's CPU column covered the whole job.
+def cpu_seconds():
+    """CPU seconds of this process and its finished children (the report's CPU column covered the whole job)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -73,7 +73,7 @@ class StageTimer:
     @contextmanager
     def stage(self, name, group="default"):
         started = datetime.now(UTC).isoformat(timespec="seconds")
-        wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+        wall0, cpu0 = time.perf_counter(), cpu_seconds()
         run = _StageRun()
         try:
             yield run
@@ -86,7 +86,7 @@ class StageTimer:
                 "stage": name,
                 "group": group,
                 "wall_min": round((time.perf_counter() - wall0) / 60, 4),
-                "cpu_min": round((_cpu_seconds() - cpu0) / 60, 4),
+                "cpu_min": round((cpu_seconds() - cpu0) / 60, 4),
                 "started": started,
                 "status": status,
             }

@@ -31,6 +31,7 @@ import numpy as np
 
 from carclf.cache import atomic_write
 from carclf.data import folder_name
+from carclf.settings import check_positive_int
 
 RAM_CV = "Ram C/V Cargo Van Minivan 2012"
 LAYOUTS = ("class-folder", "devkit")
@@ -556,8 +557,8 @@ def make_synthetic(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if per_class_train < 1 or per_class_test < 1:
-        raise ValueError("per_class_train and per_class_test must be at least 1")
+    check_positive_int("per_class_train", per_class_train)
+    check_positive_int("per_class_test", per_class_test)
     lo, hi = size_range
     if not 16 <= lo <= hi:
         raise ValueError(f"size_range must be (min, max) widths with 16 <= min <= max, got {size_range}")

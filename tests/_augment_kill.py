@@ -16,7 +16,7 @@ SETTINGS = {"n_variants": 2, "seed": 7, "workers": 1, "chunk_size": 4, "progress
 def source_split(npy):
     import numpy as np
 
-    from carclf.decoded import DecodedSplit
+    from carclf.splits import DecodedSplit
 
     images = np.load(npy, mmap_mode="r")
     n = len(images)
@@ -26,22 +26,26 @@ def source_split(npy):
 def build(npy, root, **overrides):
     from carclf.augment import build_augmented_set
     from carclf.cache import StageCache
+    from carclf.settings import AugmentSettings
 
     root = Path(root)
-    settings = {**SETTINGS, **overrides}
-    return build_augmented_set(source_split(npy), StageCache(root / "pickles"), out_dir=root / "augmented", **settings)
+    options = {**SETTINGS, **overrides}
+    settings, seed = AugmentSettings(n_variants=options.pop("n_variants")), options.pop("seed")
+    return build_augmented_set(
+        source_split(npy), StageCache(root / "pickles"), settings, seed, out_dir=root / "augmented", **options
+    )
 
 
 def main(npy, root, delay):
-    import carclf.augment as augment
+    import carclf.augment.offline as offline
 
-    original = augment._augment_with
+    original = offline.augment_with
 
     def slow(*args, **kwargs):
         time.sleep(delay)  # this subprocess only: makes the kill land mid-build
         return original(*args, **kwargs)
 
-    augment._augment_with = slow
+    offline.augment_with = slow
     build(npy, root)
 
 

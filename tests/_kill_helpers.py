@@ -44,7 +44,8 @@ def units(root, n, delay):
     units_stage(StageCache(root), n, slow_square)
 
 
-DECODED_SETTINGS = {"image_size": (24, 32), "crop": "box", "margin": 0.1, "chunk_size": 2, "workers": 1}
+DECODED_SETTINGS = {"image_size": (24, 32), "crop": "box", "margin": 0.1}
+DECODED_OPTIONS = {"chunk_size": 2, "workers": 1}
 
 
 def decoded(frame_pickle, root, delay):
@@ -53,6 +54,7 @@ def decoded(frame_pickle, root, delay):
 
     from carclf.cache import StageCache
     from carclf.decoded import build_decoded_cache
+    from carclf.settings import DecodeSettings
 
     imread = cv2.imread
 
@@ -61,7 +63,13 @@ def decoded(frame_pickle, root, delay):
         return imread(*args, **kwargs)
 
     cv2.imread = slow_imread  # this subprocess only: makes the kill land mid-build
-    build_decoded_cache(pd.read_pickle(frame_pickle), StageCache(root), progress=False, **DECODED_SETTINGS)
+    build_decoded_cache(
+        pd.read_pickle(frame_pickle),
+        StageCache(root),
+        DecodeSettings(**DECODED_SETTINGS),
+        progress=False,
+        **DECODED_OPTIONS,
+    )
 
 
 if __name__ == "__main__":

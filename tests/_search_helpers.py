@@ -38,6 +38,57 @@ OPTUNA_KILL = {"model": "model1", "epochs": 2, "heartbeat_interval": 1, "grace_p
 KILL_EPOCH, KILL_BATCH = 1, 1
 
 
+_SKOPT_KEYS = {"n_initial_points", "acq_func"}
+_CALL_KEYS = {"seed", "enqueue", "hyperparams", "augment", "callback", "model_name", "store", "training"}
+
+
+def settings_and_args(backend, n_trials, flat):
+    """The tests' flat keyword style split into SearchSettings and the search call's own arguments."""
+    from dataclasses import fields
+
+    from carclf.settings import OptunaSettings, SearchSettings
+
+    optuna_keys = {f.name for f in fields(OptunaSettings)}
+    changes, call = {}, {}
+    for name, value in flat.items():
+        if name in _CALL_KEYS:
+            call[name] = value
+        elif name in _SKOPT_KEYS:
+            changes[f"skopt.{name}"] = value
+        elif name in optuna_keys:
+            changes[f"optuna.{name}"] = value
+        else:
+            changes[name] = value
+    return SearchSettings(backend=backend, n_trials=n_trials).override(**changes), call
+
+
+def skopt(model, train, n_calls, **flat):
+    from carclf.search import run_skopt_search
+
+    settings, call = settings_and_args("skopt", n_calls, flat)
+    return run_skopt_search(model, train, settings, **call)
+
+
+def optuna(model, train, n_trials, **flat):
+    from carclf.search import run_optuna_search
+
+    settings, call = settings_and_args("optuna", n_trials, flat)
+    return run_optuna_search(model, train, settings, **call)
+
+
+def search(model, train, backend="skopt", n_trials=20, **flat):
+    from carclf.search import run_search
+
+    settings, call = settings_and_args(backend, n_trials, flat)
+    return run_search(model, train, settings, **call)
+
+
+def where(root):
+    from carclf.paths import Store
+
+    return {"store": Store.at(root)}
+
+
 def open_data(pickles, decoded_key):
     from carclf.cache import StageCache
     from carclf.decoded import open_decoded
@@ -73,34 +124,15 @@ def patch_pipeline(kill_at_call, log_path=None):
 
 
 def skopt_kill(pickles, decoded_key, home, log_path):
-    from carclf.cache import StageCache
-    from carclf.config import Paths
-    from carclf.search import run_skopt_search
-
     patch_pipeline(3, log_path)
-    paths = Paths.default(home)
     settings = dict(SKOPT_KILL)
-    run_skopt_search(
-        settings.pop("model"), open_data(pickles, decoded_key), paths=paths, cache=StageCache(paths.pickles), **settings
-    )
+    skopt(settings.pop("model"), open_data(pickles, decoded_key), settings.pop("n_calls"), **settings, **where(home))
     raise SystemExit("the search finished without being killed")
 
 
 def optuna_run(pickles, decoded_key, home, n_trials, settings):
-    from carclf.cache import StageCache
-    from carclf.config import Paths
-    from carclf.search import run_optuna_search
-
-    paths = Paths.default(home)
     settings = dict(settings)
-    return run_optuna_search(
-        settings.pop("model"),
-        open_data(pickles, decoded_key),
-        n_trials=int(n_trials),
-        paths=paths,
-        cache=StageCache(paths.pickles),
-        **settings,
-    )
+    return optuna(settings.pop("model"), open_data(pickles, decoded_key), int(n_trials), **settings, **where(home))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def generators(decoded):
 
 def plateau_run(decoded, home, extra_callbacks=()):
     """Train model1 on the 32x32 synthetic set under ``home`` (a carclf Paths root)."""
-    from carclf.config import Paths
     from carclf.models import create_model1_model
+    from carclf.paths import Store
+    from carclf.settings import TrainSettings
     from carclf.train import run_model_pipeline
 
     train, test = generators(decoded)
@@ -55,11 +56,9 @@ def plateau_run(decoded, home, extra_callbacks=()):
         test,
         PLATEAU["epochs"],
         PLATEAU["accum_steps"],
-        paths=Paths.default(home),
-        callbacks_config=PLATEAU["callbacks_config"],
+        settings=TrainSettings(callbacks=PLATEAU["callbacks_config"], verbose=0, plot=False),
+        store=Store.at(home),
         seed=PLATEAU["seed"],
-        verbose=0,
-        plot=False,
         extra_callbacks=extra_callbacks,
     )
 

@@ -18,6 +18,7 @@ def synthetic_cars32(tmp_path_factory):
     from carclf.cache import StageCache
     from carclf.data import load_stanford_cars
     from carclf.decoded import STAGE, build_decoded_cache
+    from carclf.settings import DecodeSettings
     from carclf.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp("synthetic_cars32")
@@ -26,7 +27,7 @@ def synthetic_cars32(tmp_path_factory):
     )
     frame = load_stanford_cars(data_root)
     cache = StageCache(root / "pickles")
-    decoded = build_decoded_cache(frame, cache, image_size=(32, 32), progress=False)
+    decoded = build_decoded_cache(frame, cache, DecodeSettings(image_size=(32, 32)), progress=False)
     decoded_key = next(key for stage, key, _ in cache.events if stage == STAGE)
     return SimpleNamespace(
         root=root,

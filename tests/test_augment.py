@@ -31,12 +31,12 @@ from carclf.augment import (
     build_pipeline,
     cutmix,
     mixup,
-    plot_augmentations,
     read_manifest,
     seed_pipeline,
 )
 from carclf.cache import StageCache
-from carclf.decoded import DecodedSplit
+from carclf.report import plot_augmentations
+from carclf.splits import DecodedSplit
 
 HELPER = Path(__file__).with_name("_augment_kill.py")
 _spec = importlib.util.spec_from_file_location("_augment_kill", HELPER)

@@ -33,11 +33,12 @@ import pytest
 
 from carclf import models
 from carclf.cache import load_pickle
-from carclf.config import Paths
 from carclf.device import configure, precision_policy
 from carclf.generators import ImageBatches
 from carclf.layers import AttentionBlock, CustomLayer, ImagePreprocessing, SEBlock
 from carclf.metrics import report_metrics
+from carclf.paths import Store
+from carclf.settings import TrainSettings
 from carclf.train import load_model, make_optimizer, optimizer_settings, run_model_pipeline
 
 pytestmark = pytest.mark.backend
@@ -216,11 +217,9 @@ def _model1_run(decoded, home, extra_callbacks=()):
         test,
         RESUME["epochs"],
         None,
-        paths=Paths.default(home),
+        settings=TrainSettings(verbose=0, plot=False, tensorboard=False),
+        store=Store.at(home),
         seed=0,
-        verbose=0,
-        plot=False,
-        tensorboard=False,
         extra_callbacks=extra_callbacks,
     )
 

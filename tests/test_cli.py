@@ -301,7 +301,7 @@ def _restarted_kernel_runs_cells_backwards(home):
     import nbformat
     from nbclient import NotebookClient
 
-    from carclf.config import PROJECT_ROOT
+    from carclf.paths import PROJECT_ROOT
     from carclf.workflow import NOTEBOOK
 
     source = PROJECT_ROOT / NOTEBOOK
@@ -332,7 +332,7 @@ def test_predict_crops_a_dataset_image_like_training_and_agrees_with_evaluate(st
     ws = workflow.Workspace.open("demo", root=home)
     row = workflow.trained_run(ws, "model1", "default")
     evaluation = workflow.evaluate_run(ws, row)
-    frame = ws.results["dataset"].value
+    frame = workflow.load_dataset(ws).value
     test = frame[frame["split"] == "test"].reset_index(drop=True)
     picked = [0, 17, 41]
     table = workflow.predict(ws, test["path"].iloc[picked], "model1", "default", top=10)

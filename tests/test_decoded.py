@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from carclf.cache import StageCache
-from carclf.decoded import DecodedSplit, build_decoded_cache, crop_window, decode_image
+from carclf.decoded import build_decoded_cache, crop_window, decode_image
+from carclf.settings import DecodeSettings
+from carclf.splits import DecodedSplit
 
 HELPER = Path(__file__).with_name("_kill_helpers.py")
 _spec = importlib.util.spec_from_file_location("_kill_helpers", HELPER)
@@ -80,15 +82,15 @@ def frame(tmp_path):
 def test_decode_shapes_and_dtypes(frame):
     first = frame.iloc[0]
     box = (first.x1, first.y1, first.x2, first.y2)
-    image = decode_image(first.path, box, image_size=(20, 36))
+    image = decode_image(first.path, box, DecodeSettings(image_size=(20, 36)))
     assert image.shape == (20, 36, 3) and image.dtype == np.uint8 and image.flags.c_contiguous
-    assert decode_image(first.path, None, image_size=(8, 8), crop="full").shape == (8, 8, 3)
+    assert decode_image(first.path, None, DecodeSettings(image_size=(8, 8), crop="full")).shape == (8, 8, 3)
 
 
 def test_grayscale_jpeg_becomes_three_equal_channels(frame):
     gray = frame.iloc[1]
     assert cv2.imread(gray.path, cv2.IMREAD_UNCHANGED).ndim == 2
-    image = decode_image(gray.path, (gray.x1, gray.y1, gray.x2, gray.y2), image_size=(16, 16))
+    image = decode_image(gray.path, (gray.x1, gray.y1, gray.x2, gray.y2), DecodeSettings(image_size=(16, 16)))
     assert image.shape == (16, 16, 3)
     assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
 
@@ -96,18 +98,20 @@ def test_grayscale_jpeg_becomes_three_equal_channels(frame):
 def test_margin_zero_crops_exactly_the_box(tmp_path):
     path = write_rect_jpeg(tmp_path / "rect.jpg")
     box = (32, 16, 96, 64)
-    tight = decode_image(path, box, image_size=(48, 64), margin=0)  # same size as the box: no resampling
+    tight = decode_image(
+        path, box, DecodeSettings(image_size=(48, 64), margin=0)
+    )  # same size as the box: no resampling
     raw = cv2.imread(str(path))
     np.testing.assert_array_equal(tight, raw[16:64, 32:96, ::-1])
     red = np.array([255, 0, 0])
     assert np.abs(tight.astype(int) - red).max() <= 6  # every pixel red (RGB), no blue edge
 
     # a smaller output still sees no background at all
-    small = decode_image(path, box, image_size=(5, 7), margin=0)
+    small = decode_image(path, box, DecodeSettings(image_size=(5, 7), margin=0))
     assert np.abs(small.astype(int) - red).max() <= 6
 
     # with a margin, the background shows around the box
-    loose = decode_image(path, box, image_size=(48, 64), margin=0.25)
+    loose = decode_image(path, box, DecodeSettings(image_size=(48, 64), margin=0.25))
     assert loose[0, 0, 2] > 200 and loose[0, 0, 0] < 50  # blue corner
     assert loose[24, 32, 0] > 200  # red centre
 
@@ -115,12 +119,14 @@ def test_margin_zero_crops_exactly_the_box(tmp_path):
 def test_box_crop_and_full_image_differ(tmp_path):
     path = write_rect_jpeg(tmp_path / "rect.jpg")
     box = (32, 16, 96, 64)
-    boxed = decode_image(path, box, image_size=(24, 32), crop="box", margin=0)
-    full = decode_image(path, box, image_size=(24, 32), crop="full", margin=0)
+    boxed = decode_image(path, box, DecodeSettings(image_size=(24, 32), crop="box", margin=0))
+    full = decode_image(path, box, DecodeSettings(image_size=(24, 32), crop="full", margin=0))
     assert not np.array_equal(boxed, full)
     assert full[0, 0, 2] > 200 and boxed[0, 0, 2] < 10  # full keeps the blue border, the box is red
-    assert not np.array_equal(decode_image(path, box, image_size=(24, 32)), boxed)  # default margin 0.08
-    np.testing.assert_array_equal(full, decode_image(path, None, image_size=(24, 32)))
+    assert not np.array_equal(
+        decode_image(path, box, DecodeSettings(image_size=(24, 32))), boxed
+    )  # default margin 0.08
+    np.testing.assert_array_equal(full, decode_image(path, None, DecodeSettings(image_size=(24, 32))))
 
 
 def test_box_touching_the_border_is_clipped(frame):
@@ -133,7 +139,7 @@ def test_box_touching_the_border_is_clipped(frame):
         edge.height,
     )
     assert crop_window(box, edge.width, edge.height, margin=0) == box
-    assert decode_image(edge.path, box, image_size=(10, 10), margin=0.5).shape == (10, 10, 3)
+    assert decode_image(edge.path, box, DecodeSettings(image_size=(10, 10), margin=0.5)).shape == (10, 10, 3)
 
 
 def test_undecodable_file_raises_naming_it(tmp_path, frame):
@@ -142,13 +148,13 @@ def test_undecodable_file_raises_naming_it(tmp_path, frame):
     with pytest.raises(ValueError, match="broken.jpg"):
         decode_image(bad, (0, 0, 5, 5))
     with pytest.raises(ValueError):
-        decode_image(frame.iloc[0].path, crop="tight")
+        decode_image(frame.iloc[0].path, None, DecodeSettings(crop="tight"))
 
     broken = frame.copy()
     broken.loc[5, "path"] = str(bad)
     cache = StageCache(tmp_path / "pickles")
     with pytest.raises(ValueError, match="broken.jpg"):
-        build_decoded_cache(broken, cache, image_size=(8, 8), chunk_size=4, progress=False)
+        build_decoded_cache(broken, cache, DecodeSettings(image_size=(8, 8)), chunk_size=4, progress=False)
     assert cache.status()["complete"].sum() == 0  # nothing recorded as finished
 
 
@@ -173,7 +179,7 @@ def count_imread(monkeypatch):
 def test_build_matches_decode_image_and_loads_the_second_time(tmp_path, frame, count_imread):
     cache = StageCache(tmp_path / "pickles")
     settings = dict(image_size=(12, 20), crop="box", margin=0.08)
-    decoded = build_decoded_cache(frame, cache, chunk_size=5, progress=False, **settings)
+    decoded = build_decoded_cache(frame, cache, DecodeSettings(**settings), chunk_size=5, progress=False)
 
     assert list(decoded) == ["train", "test"]
     train, test = decoded["train"], decoded["test"]
@@ -187,16 +193,20 @@ def test_build_matches_decode_image_and_loads_the_second_time(tmp_path, frame, c
     np.testing.assert_array_equal(train.class_ids, rows.class_id.to_numpy())
     assert train.one_hot().shape == (len(rows), 3) and train.one_hot().dtype == np.float32
     for i, r in enumerate(rows.itertuples()):
-        np.testing.assert_array_equal(train.images[i], decode_image(r.path, (r.x1, r.y1, r.x2, r.y2), **settings))
+        np.testing.assert_array_equal(
+            train.images[i], decode_image(r.path, (r.x1, r.y1, r.x2, r.y2), DecodeSettings(**settings))
+        )
 
     count_imread.clear()
-    again = build_decoded_cache(frame, cache, chunk_size=5, progress=False, **settings)
+    again = build_decoded_cache(frame, cache, DecodeSettings(**settings), chunk_size=5, progress=False)
     assert count_imread == []
     assert cache.events[-1][2] == "loaded" and [e[2] for e in cache.events] == ["computed", "loaded"]
     np.testing.assert_array_equal(again["test"].images, test.images)
 
     # another config goes to another key; the first one stays
-    full = build_decoded_cache(frame, cache, image_size=(12, 20), crop="full", chunk_size=5, progress=False)
+    full = build_decoded_cache(
+        frame, cache, DecodeSettings(image_size=(12, 20), crop="full"), chunk_size=5, progress=False
+    )
     assert cache.events[-1][2] == "computed" and len(cache.status()) == 2
     assert not np.array_equal(full["train"].images, train.images)
 
@@ -219,18 +229,26 @@ def test_build_resumes_after_sigkill(tmp_path, frame, count_imread):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert not list(root.glob("decoded/*.pkl")), "the build finished before it was killed"
-    chunk = helpers.DECODED_SETTINGS["chunk_size"]
+    chunk = helpers.DECODED_OPTIONS["chunk_size"]
     done_rows = chunk * len(parts())  # every split's size here is a multiple of the chunk size
     assert (frame.split.value_counts() % chunk == 0).all()
     assert 0 < done_rows < len(frame)
 
     cache = StageCache(root)
     count_imread.clear()
-    resumed = build_decoded_cache(frame, cache, progress=False, **helpers.DECODED_SETTINGS)
+    resumed = build_decoded_cache(
+        frame, cache, DecodeSettings(**helpers.DECODED_SETTINGS), progress=False, **helpers.DECODED_OPTIONS
+    )
     assert len(count_imread) == len(frame) - done_rows  # only unfinished chunks were decoded
     assert cache.events[-1][2] == "computed"
 
-    fresh = build_decoded_cache(frame, StageCache(tmp_path / "fresh"), progress=False, **helpers.DECODED_SETTINGS)
+    fresh = build_decoded_cache(
+        frame,
+        StageCache(tmp_path / "fresh"),
+        DecodeSettings(**helpers.DECODED_SETTINGS),
+        progress=False,
+        **helpers.DECODED_OPTIONS,
+    )
     for split in ("train", "test"):
         np.testing.assert_array_equal(resumed[split].images, fresh[split].images)
         np.testing.assert_array_equal(resumed[split].class_ids, fresh[split].class_ids)
@@ -238,7 +256,9 @@ def test_build_resumes_after_sigkill(tmp_path, frame, count_imread):
         assert resumed[split].images.any()
 
     count_imread.clear()
-    again = build_decoded_cache(frame, cache, progress=False, **helpers.DECODED_SETTINGS)
+    again = build_decoded_cache(
+        frame, cache, DecodeSettings(**helpers.DECODED_SETTINGS), progress=False, **helpers.DECODED_OPTIONS
+    )
     assert count_imread == [] and cache.events[-1][2] == "loaded"
     np.testing.assert_array_equal(again["train"].images, fresh["train"].images)
     assert not list(root.rglob("*.parts"))
@@ -246,12 +266,12 @@ def test_build_resumes_after_sigkill(tmp_path, frame, count_imread):
 
 def test_missing_array_is_rebuilt(tmp_path, frame):
     cache = StageCache(tmp_path)
-    first = build_decoded_cache(frame, cache, image_size=(8, 8), chunk_size=8, progress=False)
+    first = build_decoded_cache(frame, cache, DecodeSettings(image_size=(8, 8)), chunk_size=8, progress=False)
     key = cache.events[-1][1]
     reference = np.array(first["test"].images)
     del first
     (cache.artifact_dir("decoded", key) / "test.npy").unlink()
-    again = build_decoded_cache(frame, cache, image_size=(8, 8), chunk_size=8, progress=False)
+    again = build_decoded_cache(frame, cache, DecodeSettings(image_size=(8, 8)), chunk_size=8, progress=False)
     assert cache.events[-1] == ("decoded", key, "computed")
     np.testing.assert_array_equal(again["test"].images, reference)
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from carclf.decoded import DecodedSplit
 from carclf.generators import ImageBatches
+from carclf.splits import DecodedSplit
 
 
 @pytest.fixture
@@ -67,7 +67,21 @@ import cv2  # noqa: E402
 
 from carclf.augment import build_augmented_set  # noqa: E402
 from carclf.cache import StageCache  # noqa: E402
-from carclf.generators import ConcatSplit, make_generators  # noqa: E402
+from carclf.generators import make_generators  # noqa: E402
+from carclf.settings import AugmentSettings  # noqa: E402
+from carclf.splits import ConcatSplit  # noqa: E402
+
+
+def _generators(decoded, *, batch_size=32, seed=0, augmented=None, input_shape=None, **augment):
+    """make_generators with the augmentation settings named as keywords."""
+    return make_generators(
+        decoded,
+        AugmentSettings(**augment),
+        batch_size=batch_size,
+        seed=seed,
+        augmented=augmented,
+        input_shape=input_shape,
+    )
 
 
 def photo_split(n, name, seed, n_classes=4, size=(16, 20)):
@@ -87,8 +101,8 @@ def augmented(decoded, tmp_path):
     built = build_augmented_set(
         decoded["train"],
         StageCache(tmp_path / "pickles"),
+        AugmentSettings(n_variants=2),
         out_dir=tmp_path / "augmented",
-        n_variants=2,
         workers=1,
         progress=False,
     )
@@ -103,7 +117,7 @@ def keyed(images, labels):
 
 
 def test_offline_train_generator_gives_originals_and_variants_once_per_epoch(decoded, augmented):
-    train_gen, _ = make_generators(decoded, batch_size=4, input_shape=(16, 20, 3), augmented=augmented, seed=5)
+    train_gen, _ = _generators(decoded, batch_size=4, input_shape=(16, 20, 3), augmented=augmented, seed=5)
     variants = augmented.to_split(progress=False)
     assert len(train_gen.split) == 11 + 22 and len(train_gen) == 9
     expected = keyed(decoded["train"].images, decoded["train"].class_ids) + keyed(variants.images, variants.class_ids)
@@ -118,7 +132,7 @@ def test_offline_train_generator_gives_originals_and_variants_once_per_epoch(dec
 
 def test_test_generator_is_never_augmented_mixed_or_shuffled(decoded, augmented):
     for kwargs in ({"augmented": augmented, "cutmix": True}, {"augmentation": "online", "mixup": True}):
-        train_gen, test_gen = make_generators(decoded, batch_size=3, **kwargs)
+        train_gen, test_gen = _generators(decoded, batch_size=3, **kwargs)
         assert test_gen.augment is None and test_gen.mix is None and not test_gen.shuffle
         x, y = _epoch(test_gen)
         np.testing.assert_array_equal(x, decoded["test"].images.astype(np.float32))
@@ -129,7 +143,7 @@ def test_test_generator_is_never_augmented_mixed_or_shuffled(decoded, augmented)
 
 
 def test_online_mode_augments_every_batch_and_keeps_labels(decoded):
-    train_gen, _ = make_generators(decoded, batch_size=4, augmentation="online", seed=2)
+    train_gen, _ = _generators(decoded, batch_size=4, augmentation="online", seed=2)
     assert train_gen.augment is not None and len(train_gen.split) == 11
     rows = np.concatenate([train_gen.batch_indices(i) for i in range(len(train_gen))])
     assert sorted(rows) == list(range(11))
@@ -140,7 +154,7 @@ def test_online_mode_augments_every_batch_and_keeps_labels(decoded):
 
 
 def test_plain_mode_and_mixing_switches(decoded):
-    train_gen, _ = make_generators(decoded, batch_size=4, augmentation="none", cutmix=0.5)
+    train_gen, _ = _generators(decoded, batch_size=4, augmentation="none", cutmix=0.5)
     assert train_gen.augment is None and train_gen.mix.cutmix_alpha == 0.5
     x, y = train_gen[0]
     np.testing.assert_allclose(y.sum(1), 1, atol=1e-6)
@@ -148,13 +162,13 @@ def test_plain_mode_and_mixing_switches(decoded):
 
 def test_inputs_are_checked(decoded, augmented):
     with pytest.raises(ValueError, match="does not match.*16x20.*image_size=\\(224, 224\\)"):
-        make_generators(decoded, input_shape=(224, 224, 3), augmentation="none")
+        _generators(decoded, input_shape=(224, 224, 3), augmentation="none")
     with pytest.raises(ValueError, match="needs the augmented set"):
-        make_generators(decoded)
+        _generators(decoded)
     with pytest.raises(ValueError, match="augmentation must be"):
-        make_generators(decoded, augmentation="sometimes")
+        _generators(decoded, augmentation="sometimes")
     with pytest.raises(ValueError, match="with augmentation=.offline. only"):
-        make_generators(decoded, augmentation="online", augmented=augmented)
+        _generators(decoded, augmentation="online", augmented=augmented)
 
 
 def test_concat_split_reads_rows_across_parts(split):
@@ -170,9 +184,7 @@ def test_concat_split_reads_rows_across_parts(split):
 def test_generators_feed_model_fit(decoded, augmented):
     import keras
 
-    train_gen, test_gen = make_generators(
-        decoded, batch_size=8, input_shape=(16, 20, 3), augmented=augmented, mixup=True
-    )
+    train_gen, test_gen = _generators(decoded, batch_size=8, input_shape=(16, 20, 3), augmented=augmented, mixup=True)
     model = keras.Sequential(
         [
             keras.Input((16, 20, 3)),

@@ -15,9 +15,15 @@ import pytest
 
 import carclf.train as T
 from carclf import search as S
-from carclf.cache import StageCache, load_pickle
-from carclf.config import Paths
+from carclf.cache import load_pickle
 from carclf.generators import ImageBatches
+from carclf.paths import Store
+from carclf.report import plot_convergence, plot_importance
+from carclf.search.optuna_backend import distributions
+from carclf.search.skopt_backend import dimensions
+from carclf.search.space import applied, is_choices
+from carclf.settings import TrainSettings
+from carclf.workflow import compare_default_optimal
 
 HELPER = Path(__file__).with_name("_search_helpers.py")
 _spec = importlib.util.spec_from_file_location("_search_helpers", HELPER)
@@ -79,9 +85,7 @@ class PipelineSpy:
         monkeypatch.setattr(T, "run_model_pipeline", spy)
 
 
-def where(root):
-    paths = Paths.default(root)
-    return {"paths": paths, "cache": StageCache(paths.pickles)}
+where = helpers.where
 
 
 def param_set(params):
@@ -118,12 +122,12 @@ def test_space_is_declared_once_and_restricts_to_adam():
     assert "momentum" not in adam and "rho" not in adam
 
     # skopt dimensions and optuna distributions come from the same declaration
-    dims = {d.name for d in S._skopt_dimensions(full)}
-    assert dims == set(S._optuna_distributions(full)) == set(full)
-    assert {d.name for d in S._skopt_dimensions(adam)} == set(adam) - {"optimizer_type"}  # a constant
+    dims = {d.name for d in dimensions(full)}
+    assert dims == set(distributions(full)) == set(full)
+    assert {d.name for d in dimensions(adam)} == set(adam) - {"optimizer_type"}  # a constant
 
     # a trial keeps only what its optimizer reads
-    sgd = S._applied({"optimizer_type": "SGD", "learning_rate": 1e-4, "beta_1": 0.9, "momentum": 0.9, "rho": 0.9}, full)
+    sgd = applied({"optimizer_type": "SGD", "learning_rate": 1e-4, "beta_1": 0.9, "momentum": 0.9, "rho": 0.9}, full)
     assert sgd == {"optimizer_type": "SGD", "learning_rate": 1e-4, "momentum": 0.9}
 
     with pytest.raises(ValueError, match="log-uniform"):
@@ -157,7 +161,7 @@ def test_validation_split_is_stratified_seeded_and_train_only(synthetic_cars32):
     with pytest.raises(ValueError, match="test"):
         S.validation_split(synthetic_cars32.decoded["test"])
     with pytest.raises(ValueError, match="test"):
-        S.run_skopt_search("model1", synthetic_cars32.decoded["test"], 1)
+        helpers.skopt("model1", synthetic_cars32.decoded["test"], 1)
 
 
 # --------------------------------------------------------------------------- #
@@ -170,7 +174,7 @@ def skopt_run(synthetic_cars32, tmp_path_factory):
     """A 4-call search; the data dict's test split may not be touched."""
     root = tmp_path_factory.mktemp("skopt4")
     spy = ReadSpy(synthetic_cars32.decoded["train"])
-    result = S.run_skopt_search("model1", {"train": spy, "test": Forbidden()}, 4, **SKOPT, **where(root))
+    result = helpers.skopt("model1", {"train": spy, "test": Forbidden()}, 4, **SKOPT, **where(root))
     return result, spy, root
 
 
@@ -183,7 +187,7 @@ def test_skopt_search_four_calls_inside_the_space(skopt_run, synthetic_cars32):
     assert len({param_set(r) for r in result.trials[list(space)].to_dict("records")}) == 4
     for name, spec in space.items():
         value = result.best_params[name]
-        assert value in spec if S._is_choices(spec) else spec[0] <= value <= spec[1]
+        assert value in spec if is_choices(spec) else spec[0] <= value <= spec[1]
     assert result.best_value == pytest.approx(result.trials["value"].min())
     assert result.best_params["optimizer_type"] == "Adam"
     # the settings, recorded with the result, say what was searched on
@@ -203,10 +207,10 @@ def test_skopt_search_reloads_and_extends(skopt_run, synthetic_cars32, monkeypat
     result, _, root = skopt_run
     data = synthetic_cars32.decoded
     spy = PipelineSpy(monkeypatch)
-    again = S.run_skopt_search("model1", data, 4, **SKOPT, **where(root))
+    again = helpers.skopt("model1", data, 4, **SKOPT, **where(root))
     assert again.loaded and not spy.calls and again.best_params == result.best_params
 
-    more = S.run_skopt_search("model1", data, 5, **SKOPT, **where(root))
+    more = helpers.skopt("model1", data, 5, **SKOPT, **where(root))
     assert len(spy.calls) == 1  # only the new trial trains
     assert not more.loaded and len(more.trials) == 5
     cols = ["trial", "value", *S.search_space()]
@@ -217,7 +221,7 @@ def test_skopt_search_reloads_and_extends(skopt_run, synthetic_cars32, monkeypat
 def test_affordable_settings_are_recorded_and_start_another_search(skopt_run, synthetic_cars32, monkeypatch):
     result, _, root = skopt_run
     spy = PipelineSpy(monkeypatch)
-    small = S.run_skopt_search(
+    small = helpers.skopt(
         "model1", synthetic_cars32.decoded, 1, **{**SKOPT, "subsample": 0.5}, input_size=(16, 16), **where(root)
     )
     assert len(spy.calls) == 1 and len(small.trials) == 1  # not mistaken for the finished 4-call search
@@ -232,12 +236,12 @@ def test_plots_and_importance(skopt_run):
     from matplotlib.figure import Figure
 
     result, _, root = skopt_run
-    fig = S.plot_convergence(result, out_path=root / "convergence.png")
+    fig = plot_convergence(result, out_path=root / "convergence.png")
     assert isinstance(fig, Figure) and (root / "convergence.png").stat().st_size > 0
     importance = S.param_importances(result)
     assert importance and set(importance) <= set(S.search_space())
     assert sum(importance.values()) == pytest.approx(1.0, abs=1e-6)
-    assert isinstance(S.plot_importance(result), Figure)
+    assert isinstance(plot_importance(result), Figure)
 
 
 def test_skopt_search_killed_in_trial_3_resumes_there(synthetic_cars32, tmp_path, monkeypatch):
@@ -263,7 +267,7 @@ def test_skopt_search_killed_in_trial_3_resumes_there(synthetic_cars32, tmp_path
     settings = dict(helpers.SKOPT_KILL)
     model, n_calls = settings.pop("model"), settings.pop("n_calls")
     spy = PipelineSpy(monkeypatch)
-    result = S.run_skopt_search(model, synthetic_cars32.decoded, n_calls, **settings, **where(tmp_path))
+    result = helpers.skopt(model, synthetic_cars32.decoded, n_calls, **settings, **where(tmp_path))
     assert len(spy.calls) == 2  # trials 2 and 3: nothing finished is repeated
     assert spy.calls[0] == started[2]  # the optimizer asked the killed trial's point again
     assert spy.results[0].resumed_from_epoch == 1  # and that trial resumed after its saved epoch
@@ -309,7 +313,7 @@ def test_full_space_and_diverged_trials(synthetic_cars32, tmp_path, monkeypatch)
     common = {"optimizer_type", "learning_rate", "weight_decay", "dropout", "decay"}
 
     calls = fake_pipeline(monkeypatch, diverge_at=2)
-    result = S.run_skopt_search(
+    result = helpers.skopt(
         "model1",
         synthetic_cars32.decoded,
         4,
@@ -328,7 +332,7 @@ def test_full_space_and_diverged_trials(synthetic_cars32, tmp_path, monkeypatch)
     assert result.best_trial != 1 and result.trials.loc[1, "error"]
 
     calls = fake_pipeline(monkeypatch, diverge_at=2)
-    result = S.run_search(
+    result = helpers.search(
         "model1",
         synthetic_cars32.decoded,
         backend="optuna",
@@ -344,20 +348,20 @@ def test_full_space_and_diverged_trials(synthetic_cars32, tmp_path, monkeypatch)
     assert result.trials["state"].tolist() == ["complete", "diverged", "complete"]
     assert result.best_trial != 1
     with pytest.raises(ValueError, match="backend"):
-        S.run_search("model1", synthetic_cars32.decoded, backend="hyperopt")
+        helpers.search("model1", synthetic_cars32.decoded, backend="hyperopt")
 
 
 def test_skopt_replay_gives_the_uninterrupted_search(synthetic_cars32, tmp_path, monkeypatch):
     """Without its optimizer state, a search rebuilds it from the trials and asks what it would have asked."""
     fake_pipeline(monkeypatch, diverge_at=None)
     settings = {"epochs": 2, "n_initial_points": 2, "acq_func": "EI", "seed": 4}
-    straight = S.run_skopt_search("model1", synthetic_cars32.decoded, 3, **settings, **where(tmp_path / "a"))
+    straight = helpers.skopt("model1", synthetic_cars32.decoded, 3, **settings, **where(tmp_path / "a"))
 
     resumed = where(tmp_path / "b")
-    S.run_skopt_search("model1", synthetic_cars32.decoded, 2, **settings, **resumed)
+    helpers.skopt("model1", synthetic_cars32.decoded, 2, **settings, **resumed)
     (folder,) = (tmp_path / "b" / "pickles" / "search-skopt").iterdir()
     (folder / "optimizer.pkl").unlink()  # as if killed between the trial file and the optimizer file
-    replayed = S.run_skopt_search("model1", synthetic_cars32.decoded, 3, **settings, **resumed)
+    replayed = helpers.skopt("model1", synthetic_cars32.decoded, 3, **settings, **resumed)
     cols = ["trial", "value", *S.search_space()]
     pd.testing.assert_frame_equal(replayed.trials[cols], straight.trials[cols])
     assert load_pickle(folder / "optimizer.pkl")["n_told"] == 3
@@ -371,7 +375,7 @@ def test_skopt_replay_gives_the_uninterrupted_search(synthetic_cars32, tmp_path,
 def test_optuna_prunes_a_poor_trial(synthetic_cars32, tmp_path):
     good = {"learning_rate": 1e-3, "weight_decay": 1e-6, "dropout": 0.1, "beta_1": 0.9, "beta_2": 0.999, "decay": 1e-7}
     poor = {**good, "learning_rate": 1e-6, "dropout": 0.5}
-    result = S.run_optuna_search(
+    result = helpers.optuna(
         "model1",
         synthetic_cars32.decoded,
         n_trials=3,
@@ -450,7 +454,7 @@ def test_optuna_trial_killed_mid_run_is_retried(synthetic_cars32, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
     settings = dict(helpers.OPTUNA_KILL)
-    result = S.run_optuna_search(
+    result = helpers.optuna(
         settings.pop("model"), synthetic_cars32.decoded, n_trials=n_trials, **settings, **where(tmp_path)
     )
     study = _study(result.study_name, tmp_path)
@@ -475,12 +479,15 @@ def test_compare_default_optimal(skopt_run, synthetic_cars32, tmp_path):
     decoded = synthetic_cars32.decoded
     train = ImageBatches(decoded["train"], 32, shuffle=True, seed=0)
     test = ImageBatches(decoded["test"], 64, shuffle=False)
-    kwargs = {"paths": Paths.default(tmp_path), "verbose": 0, "plot": False, "tensorboard": False}
-    frame = S.compare_default_optimal(["model1"], result, train, test, 1, **kwargs)
+    kwargs = {
+        "store": Store.at(tmp_path),
+        "settings": TrainSettings(epochs=1, verbose=0, plot=False, tensorboard=False),
+    }
+    frame = compare_default_optimal(["model1"], result, train, test, **kwargs)
     assert list(frame["hyperparams"]) == ["default", "optimal"] and set(frame["model"]) == {"model1"}
     for metric in ("accuracy", "top3_accuracy", "precision", "recall", "auc", "loss"):
         assert frame[metric].map(math.isfinite).all()
     assert frame["train_key"].nunique() == 2 and not frame["loaded"].any()
     plot_comparison(frame)
-    again = S.compare_default_optimal(["model1"], {"model1": result}, train, test, 1, **kwargs)
+    again = compare_default_optimal(["model1"], {"model1": result}, train, test, **kwargs)
     assert again["loaded"].all() and list(again["train_key"]) == list(frame["train_key"])

@@ -14,11 +14,12 @@ import pytest
 from carclf import device as D
 from carclf import train as T
 from carclf.cache import load_pickle
-from carclf.config import Paths
-from carclf.generators import ImageBatches
+from carclf.generators import ImageBatches, describe_generator
 from carclf.metrics import HISTORY_METRICS, METRIC_NAMES
 from carclf.models import create_model1_model
+from carclf.paths import Store
 from carclf.runlog import StageTimer
+from carclf.settings import TrainSettings
 
 HELPER = Path(__file__).with_name("_train_helpers.py")
 _spec = importlib.util.spec_from_file_location("_train_helpers", HELPER)
@@ -44,10 +45,9 @@ def _learn_run(data, home):
         test,
         LEARN["epochs"],
         None,
-        paths=Paths.default(home),
+        settings=TrainSettings(verbose=0),
+        store=Store.at(home, timer=True),
         seed=LEARN["seed"],
-        verbose=0,
-        timer=StageTimer(home / "logs" / "timings.csv"),
     )
 
 
@@ -188,12 +188,8 @@ def test_two_phase_fine_tuning(synthetic_cars32, tmp_path):
         test,
         3,
         None,
-        paths=Paths.default(tmp_path),
-        two_phase=True,
-        head_epochs=1,
-        finetune_lr_scale=0.1,
-        verbose=0,
-        plot=False,
+        settings=TrainSettings(two_phase=True, head_epochs=1, finetune_lr_scale=0.1, verbose=0, plot=False),
+        store=Store.at(tmp_path),
     )
     assert r.history["phase"] == [0.0, 1.0, 1.0]
     np.testing.assert_allclose(r.history["learning_rate"], [1e-3, 1e-4, 1e-4], rtol=1e-5)
@@ -224,9 +220,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
             NaNBatches(),
             2,
             None,
-            paths=Paths.default(tmp_path),
-            verbose=0,
-            plot=False,
+            settings=TrainSettings(verbose=0, plot=False),
+            store=Store.at(tmp_path),
         )
 
 
@@ -250,7 +245,7 @@ def test_unknown_optimizer_raises_the_listed_error(synthetic_cars32, tmp_path):
             train,
             1,
             None,
-            paths=Paths.default(tmp_path),
+            store=Store.at(tmp_path),
         )
     assert not (tmp_path / "models").exists()  # refused before anything was built
 
@@ -387,8 +382,8 @@ def test_hyperparameters_filtered_by_the_builder_signature():
 
 def test_generator_description_tracks_the_data(synthetic_cars32):
     train = synthetic_cars32.decoded["train"]
-    a = T.describe_generator(ImageBatches(train, 32, seed=0))
-    assert a == T.describe_generator(ImageBatches(train, 32, seed=0))
-    assert a != T.describe_generator(ImageBatches(train, 16, seed=0))
-    assert a != T.describe_generator(ImageBatches(train, 32, seed=1))
+    a = describe_generator(ImageBatches(train, 32, seed=0))
+    assert a == describe_generator(ImageBatches(train, 32, seed=0))
+    assert a != describe_generator(ImageBatches(train, 16, seed=0))
+    assert a != describe_generator(ImageBatches(train, 32, seed=1))
     assert a["split"]["decoded"] == [synthetic_cars32.decoded_key]

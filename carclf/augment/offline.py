@@ -1,0 +1,463 @@
+"""The offline augmented set (the report's step 8): variants of every training crop, written once.
+
+Parallel, resumable, the same pixels on every run (one seed per image and variant); the test set is never
+augmented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from carclf.augment.pipeline import PIPELINES, augment_with, build_pipeline, cached_pipeline, check_declaration
+from carclf.cache import StageCache, atomic_write, canonical, unit_filename
+from carclf.decoded import build_decoded_cache
+from carclf.paths import usable_cpus
+from carclf.settings import AugmentSettings, DecodeSettings, check_positive_int, non_negative_int
+from carclf.splits import DecodedSplit
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("carclf.augment")
+
+__all__ = ["AUGMENT_VERSION", "AugmentedSet", "STAGE", "build_augmented_set", "read_manifest", "source_fingerprint"]
+
+#: The stage name of the offline augmented set in the StageCache.
+STAGE = "augmented"
+
+#: Bumped when the way variants are made or named changes (old sets are not reused).
+AUGMENT_VERSION = 1
+
+_FORMATS = {"jpg": ".jpg", "png": ".png"}
+
+
+def _train_split(source):
+    if isinstance(source, dict):
+        if "train" not in source:
+            raise ValueError(f"no 'train' split among {sorted(source)}")
+        source = source["train"]
+    if getattr(source, "split", "train") != "train":
+        raise ValueError(f"only the training split is augmented, got split {source.split!r} (the test set never is)")
+    for attr in ("images", "class_ids", "paths", "num_classes"):
+        if not hasattr(source, attr):
+            raise TypeError(
+                f"source must be a DecodedSplit (or build_decoded_cache's dict), got {type(source).__name__}"
+            )
+    images = source.images
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"source images must be uint8 (N, H, W, 3) with N > 0, got {images.dtype} {images.shape}")
+    return source
+
+
+def _whole_memmap(images):
+    """(filename, offset) when ``images`` is a whole .npy/raw memmap (workers reopen it), else None."""
+    if not isinstance(images, np.memmap) or not images.filename or not images.flags.c_contiguous:
+        return None
+    try:
+        size = os.path.getsize(images.filename)
+    except OSError:
+        return None
+    # A slice of a memmap keeps its parent's filename and offset: accept only the whole file's data.
+    return (os.path.realpath(images.filename), int(images.offset)) if size == images.offset + images.nbytes else None
+
+
+def source_fingerprint(split) -> str:
+    """What identifies the source crops: their paths, labels, shape, and their file or their pixels.
+
+    A whole memmap (the decoded cache's ``train.npy``) is identified by its
+    file: the decoded cache never rewrites a file under the same key. Other
+    arrays are hashed.
+    """
+    digest = hashlib.sha256()
+    head = [
+        [str(p) for p in split.paths],
+        np.asarray(split.class_ids).tolist(),
+        list(split.images.shape),
+        int(split.num_classes),
+    ]
+    digest.update(json.dumps(head, separators=(",", ":")).encode())
+    mapped = _whole_memmap(split.images)
+    if mapped is not None:
+        digest.update(json.dumps(list(mapped)).encode())
+    else:
+        images = split.images
+        for start in range(0, len(images), 256):
+            digest.update(np.ascontiguousarray(images[start : start + 256]).tobytes())
+    return digest.hexdigest()
+
+
+def _file_names(paths, n_variants, ext):
+    stems = [unit_filename(Path(str(p)).stem or "image") for p in paths]
+    unique = len(set(stems)) == len(stems)
+    prefix = (lambda row: "") if unique else (lambda row: f"{row:05d}_")
+    return [[f"{prefix(row)}{stem}_{v}{ext}" for v in range(n_variants)] for row, stem in enumerate(stems)]
+
+
+_sources: dict = {}
+
+
+def _open_source(source):
+    kind = source[0]
+    if kind == "array":
+        return source[1], source[2]
+    _, filename, offset, shape = source
+    key = (filename, offset, shape)
+    if key not in _sources:
+        _sources[key] = np.memmap(filename, dtype=np.uint8, mode="r", offset=offset, shape=shape)
+    return _sources[key], 0
+
+
+def _encode(image, fmt, quality):
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if fmt == "jpg":
+        ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    else:
+        ok, buffer = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise ValueError(f"cv2 cannot encode a {image.shape} image as {fmt}")
+    return buffer.tobytes()
+
+
+def _run_task(task):
+    """Write the missing variants of rows [start, stop); return how many files were written.
+
+    Every file is renamed into place before this returns; the caller syncs the chunk.
+    """
+    images, base = _open_source(task["source"])
+    pipeline = cached_pipeline(task["pipeline"])
+    folder, written = Path(task["folder"]), 0
+    for row, names in zip(range(task["start"], task["stop"]), task["names"]):
+        for variant, name in enumerate(names):
+            path = folder / name
+            if path.exists():  # finished earlier (written atomically: never partial)
+                continue
+            image = augment_with(pipeline, np.asarray(images[row - base]), task["seed"], row, variant)
+            # Not fsynced one by one: the chunk is synced once before it is recorded done.
+            atomic_write(path, _encode(image, task["format"], task["quality"]), durable=False)
+            written += 1
+    return written
+
+
+def _worker_init():
+    cv2.setNumThreads(1)  # the workers use the cores; one OpenCV thread each
+
+
+class _Runner:
+    """Runs a chunk's tasks here and on ``workers - 1`` helpers; keeps the progress bar.
+
+    This process is one of the workers: it takes tasks from the back of the
+    list while the helpers (spawned processes or threads, made at first use)
+    take them from the front, so the helpers' start-up costs no idle time.
+    """
+
+    def __init__(self, workers, executor, progress, total, initial):
+        self.workers, self.executor = workers, executor
+        self.progress, self.total, self.initial = progress, total, initial
+        self.pool = self.bar = None
+        self.written = 0
+        self._cv2_threads = None
+
+    def _start(self):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.total, initial=self.initial, desc="augmenting", unit="img", disable=not self.progress
+        )
+        # this process augments too: OpenCV's own threads would compete with the workers
+        self._cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        helpers = self.workers - 1
+        if helpers and self.executor == "thread":
+            self.pool = ThreadPoolExecutor(helpers, thread_name_prefix="carclf-augment")
+        elif helpers:
+            # spawn, not fork: this process may hold TensorFlow's or OpenCV's threads
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(helpers, mp_context=context, initializer=_worker_init)
+
+    def _here(self, task):
+        self.written += _run_task(task)
+        self.bar.update(task["count"])
+
+    def run(self, tasks):
+        if self.bar is None:
+            self._start()
+        if self.pool is None:
+            for task in tasks:
+                self._here(task)
+            return
+        futures = [self.pool.submit(_run_task, task) for task in tasks]
+        try:
+            for future, task in zip(reversed(futures), reversed(tasks)):
+                if not future.cancel():  # a helper has it: the rest are theirs too
+                    break
+                self._here(task)
+            for future, task in zip(futures, tasks):
+                if not future.cancelled():
+                    self.written += future.result()
+                    self.bar.update(task["count"])
+        except BrokenProcessPool as exc:
+            raise RuntimeError(
+                "an augmentation worker process died. If this runs from a script, the call must be under "
+                "`if __name__ == '__main__':` (workers are spawned and import the script); or pass "
+                "executor='thread' or workers=1"
+            ) from exc
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.bar is not None:
+            self.bar.close()
+        if self._cv2_threads is not None:
+            cv2.setNumThreads(self._cv2_threads)
+
+
+@dataclass
+class AugmentedSet:
+    """The offline augmented set: files in ``folder`` listed by ``manifest``.
+
+    ``manifest`` columns: ``file`` (relative to ``folder``), ``source`` (the
+    original image), ``row`` (its row in the source split), ``variant``,
+    ``class_id`` and ``path`` (absolute). ``written``: files written by the
+    call that returned this (0 when the set was only opened).
+    """
+
+    folder: Path
+    key: str
+    manifest: pd.DataFrame = field(repr=False)
+    image_size: tuple
+    num_classes: int
+    n_variants: int
+    seed: int
+    loaded: bool
+    written: int = 0
+    cache: StageCache | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self):
+        return len(self.manifest)
+
+    def frame(self) -> pd.DataFrame:
+        """The manifest as a ``build_decoded_cache`` frame (whole images, box = the full image)."""
+        import pandas as pd
+
+        height, width = self.image_size
+        m = self.manifest
+        return pd.DataFrame({
+            "path": m["path"].astype(str), "split": "train", "class_id": m["class_id"].astype("int64"),
+            "x1": 0, "y1": 0, "x2": width, "y2": height, "width": width, "height": height,
+        })  # fmt: skip
+
+    def to_split(self, cache: StageCache | None = None, workers=None, progress=True) -> DecodedSplit:
+        """The variants decoded into a memmap (the decoded cache's machinery, stage ``decoded``), in manifest order.
+
+        ``cache`` defaults to the one the set was built with.
+        """
+        cache = cache or self.cache
+        if cache is None:
+            raise ValueError("to_split needs a StageCache to hold the decoded variants")
+        whole = DecodeSettings(image_size=self.image_size, crop="full", margin=0.0)
+        decoded = build_decoded_cache(self.frame(), cache, whole, workers=workers, progress=progress)["train"]
+        return DecodedSplit(decoded.images, decoded.class_ids, decoded.paths, "augmented", self.num_classes)
+
+
+def read_manifest(folder) -> pd.DataFrame:
+    """``folder/manifest.csv`` with an absolute ``path`` column added."""
+    import pandas as pd
+
+    folder = Path(folder)
+    manifest = pd.read_csv(folder / "manifest.csv", dtype={"file": str, "source": str})
+    manifest["path"] = [str(folder / f) for f in manifest["file"]]
+    return manifest
+
+
+def _manifest_bytes(records) -> bytes:
+    import pandas as pd
+
+    text = io.StringIO()
+    pd.DataFrame(records, columns=["file", "source", "row", "variant", "class_id"]).to_csv(text, index=False)
+    return text.getvalue().encode("utf-8")
+
+
+def build_augmented_set(
+    source,
+    cache: StageCache,
+    settings: AugmentSettings | None = None,
+    seed=0,
+    *,
+    out_dir=None,
+    image_format="jpg",
+    quality=95,
+    workers=None,
+    executor="process",
+    chunk_size=512,
+    progress=True,
+    deps=(),
+) -> AugmentedSet:
+    """Write ``settings.n_variants`` augmented copies of every training crop, once.
+
+    ``source`` is the decoded cache's train split (uint8 box crops at the training input size) or
+    ``build_decoded_cache``'s dict (its "train" is used; the test set is never augmented). ``settings``
+    names the pipeline and the number of variants. Files go to ``out_dir/<key>/<source stem>_<variant>.jpg``
+    (``out_dir`` default: ``Paths.default().augmented``) with ``manifest.csv`` (file, source, row, variant,
+    class_id), written last.
+
+    Variant ``v`` of row ``r`` is :func:`carclf.augment.augment_image` ``(crop, seed, r, v)``, so a rerun
+    writes the same pixels, whatever ``workers`` / ``executor``: this process and ``workers - 1`` helpers,
+    spawned processes (``"process"``; from a script, call this under ``if __name__ == "__main__":``) or
+    threads (``"thread"``). The work is the stage ``"augmented"`` of ``cache``, keyed by the variants, the
+    seed, the pipeline's declaration, the image size, the format, the albumentations and OpenCV versions and
+    :func:`source_fingerprint`: a finished set is only opened again, and a killed run resumes (chunks of
+    ``chunk_size`` rows recorded done; every file is written atomically). JPEG (default, ``quality`` 95)
+    keeps the set about five times smaller than PNG; ``image_format="png"`` is lossless.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # a spawned worker is importing an unguarded main script: do not start a second build
+        raise RuntimeError(
+            "build_augmented_set called while a worker process imports the main script; "
+            "put the call under `if __name__ == '__main__':`"
+        )
+    settings = settings or AugmentSettings()
+    split = _train_split(source)
+    n_variants, seed = settings.n_variants, non_negative_int(seed)
+    if image_format not in _FORMATS:
+        raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality!r}")
+    if executor not in ("process", "thread"):
+        raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)
+    workers = max(1, int(workers or usable_cpus()))
+    declaration = tuple((name, dict(kwargs)) for name, kwargs in check_declaration(PIPELINES[settings.pipeline]))
+    build_pipeline(declaration)  # fail here, not in a worker, on bad arguments
+
+    images = split.images
+    image_size = tuple(int(v) for v in images.shape[1:3])
+    config = {
+        "version": AUGMENT_VERSION,
+        "n_variants": n_variants,
+        "seed": seed,
+        "pipeline": canonical(declaration),
+        "image_size": list(image_size),
+        "format": image_format,
+        "quality": int(quality) if image_format == "jpg" else None,
+        "albumentations": A.__version__,
+        "opencv": cv2.__version__,
+        "source": source_fingerprint(split),
+        "rows": len(split),
+    }
+    deps = list(deps)
+    key = cache.key(STAGE, config, deps)
+    if out_dir is None:
+        from carclf.paths import Paths
+
+        out_dir = Paths.default().augmented
+    folder = Path(out_dir) / key
+    paths = [str(p) for p in split.paths]
+    class_ids = np.asarray(split.class_ids, dtype=np.int64)
+    names = _file_names(paths, n_variants, _FORMATS[image_format])
+
+    def result_of(stage_result, written):
+        manifest = read_manifest(folder)
+        return AugmentedSet(
+            folder,
+            key,
+            manifest,
+            image_size,
+            int(split.num_classes),
+            n_variants,
+            seed,
+            stage_result.loaded,
+            written,
+            cache,
+        )
+
+    mapped = _whole_memmap(images)
+    units, bounds = [], {}
+    for start in range(0, len(split), chunk_size):
+        stop = min(start + chunk_size, len(split))
+        unit = f"rows-{start:07d}-{stop:07d}"
+        units.append(unit)
+        bounds[unit] = (start, stop)
+
+    def compute_unit(unit):
+        start, stop = bounds[unit]
+        step = max(1, min(32, math.ceil((stop - start) / (4 * workers))))
+        tasks = []
+        for lo in range(start, stop, step):
+            hi = min(lo + step, stop)
+            if mapped is not None:
+                src = ("memmap", mapped[0], mapped[1], tuple(images.shape))
+            else:
+                src = ("array", np.asarray(images[lo:hi]), lo)
+            tasks.append({
+                "source": src, "start": lo, "stop": hi, "names": names[lo:hi], "pipeline": declaration,
+                "seed": seed, "folder": str(folder), "format": image_format, "quality": int(quality),
+                "count": (hi - lo) * n_variants,
+            })  # fmt: skip
+        runner.run(tasks)
+        os.sync()  # the chunk's files reach the disk before the chunk is recorded as done
+        return {"start": start, "stop": stop}
+
+    def combine(done):
+        records = [
+            (names[row][v], paths[row], row, v, int(class_ids[row]))
+            for row in range(len(split))
+            for v in range(n_variants)
+        ]
+        atomic_write(folder / "manifest.csv", _manifest_bytes(records))
+        # a SIGKILL mid-write can leave a temp file; every result file is in place now
+        for stale in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        return {
+            "manifest": "manifest.csv",
+            "files": len(records),
+            "image_size": image_size,
+            "num_classes": int(split.num_classes),
+            "n_variants": n_variants,
+            "seed": seed,
+        }
+
+    def run_stage():
+        nonlocal runner
+        parts = cache.parts_dir(STAGE, key)
+        done_rows = sum(
+            stop - start for unit, (start, stop) in bounds.items() if (parts / f"{unit_filename(unit)}.pkl").is_file()
+        )
+        runner = _Runner(workers, executor, progress, len(split) * n_variants, done_rows * n_variants)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return cache.run_units(STAGE, config, units, compute_unit, combine=combine, deps=deps, progress=False)
+        finally:
+            runner.close()
+
+    runner = None
+    result = run_stage()
+    if result.loaded and not (
+        (folder / "manifest.csv").is_file() and all((folder / name).is_file() for row in names for name in row)
+    ):
+        log.warning("augmented files in %s are missing; writing them again", folder)
+        cache.invalidate(STAGE, key)
+        result = run_stage()
+    if not result.loaded:
+        log.info("augmented set %s: %d files (%d written now)", folder, len(split) * n_variants, runner.written)
+    return result_of(result, runner.written)

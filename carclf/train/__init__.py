@@ -1,0 +1,54 @@
+"""Training (the report's "Model Pipeline", steps 11 to 13): docs/training.md.
+
+``optimizers`` (the report's optimizer choice and legacy decay), ``callbacks`` (the report's callbacks and
+carclf's), ``resume`` (the per-epoch resume state), ``saving`` (model files), ``result`` (what a run
+returns) and ``pipeline`` (``run_model_pipeline`` in named steps).
+"""
+
+from carclf.train.callbacks import (
+    BestModelCheckpoint,
+    NonFiniteLossError,
+    ReduceLROnPlateau,
+    StopOnNonFiniteLoss,
+    TrainingCallbacks,
+    create_callbacks,
+    tensorboard_available,
+)
+from carclf.train.optimizers import (
+    DEFAULT_OPTIMIZER,
+    OPTIMIZER_KEYS,
+    OPTIMIZERS,
+    PlateauInverseTimeDecay,
+    UnknownOptimizerError,
+    make_optimizer,
+    optimizer_settings,
+)
+from carclf.train.pipeline import filter_hyperparams, plan_phases, run_model_pipeline
+from carclf.train.result import TrainResult
+from carclf.train.resume import TRAIN_FORMAT, ResumableState
+from carclf.train.saving import load_model, save_model_atomic
+
+__all__ = [
+    "BestModelCheckpoint",
+    "DEFAULT_OPTIMIZER",
+    "NonFiniteLossError",
+    "OPTIMIZERS",
+    "OPTIMIZER_KEYS",
+    "PlateauInverseTimeDecay",
+    "ReduceLROnPlateau",
+    "ResumableState",
+    "StopOnNonFiniteLoss",
+    "TRAIN_FORMAT",
+    "TrainResult",
+    "TrainingCallbacks",
+    "UnknownOptimizerError",
+    "create_callbacks",
+    "filter_hyperparams",
+    "load_model",
+    "make_optimizer",
+    "optimizer_settings",
+    "plan_phases",
+    "run_model_pipeline",
+    "save_model_atomic",
+    "tensorboard_available",
+]

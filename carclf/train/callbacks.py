@@ -1,0 +1,253 @@
+"""The report's callbacks (``create_callbacks``), and the ones carclf adds: a stop on a non-finite loss and
+a checkpoint that is written through a temporary file (docs/training.md)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from carclf.cache import native
+from carclf.settings import CallbackSettings, nested
+from carclf.train.optimizers import PlateauInverseTimeDecay, current_lr, to_float
+from carclf.train.saving import save_model_atomic
+
+log = logging.getLogger("carclf.train")
+
+__all__ = [
+    "BestModelCheckpoint",
+    "NonFiniteLossError",
+    "ReduceLROnPlateau",
+    "StopOnNonFiniteLoss",
+    "TrainingCallbacks",
+    "callback_state",
+    "create_callbacks",
+    "set_callback_state",
+    "tensorboard_available",
+]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _improved(current, best, mode, min_delta=0.0) -> bool:
+    if best is None:
+        return True
+    if mode == "max":
+        return current - abs(min_delta) > best
+    return current + abs(min_delta) < best
+
+
+class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras's ReduceLROnPlateau, also for a :class:`PlateauInverseTimeDecay` learning rate.
+
+    With ``schedule=None`` it is the stock callback. With a schedule, a
+    reduction multiplies ``schedule.scale`` so that the current learning rate
+    drops by ``factor`` (not below ``min_lr``) and re-traces the train step
+    (``scale`` is a constant of the traced step).
+    """
+
+    def __init__(self, *args, schedule: PlateauInverseTimeDecay | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schedule = schedule
+
+    def _reduce_optimizer_lr(self, optimizer, epoch, name=""):
+        if self.schedule is None:
+            return super()._reduce_optimizer_lr(optimizer, epoch, name)
+        old_lr = current_lr(optimizer)
+        if old_lr <= np.float32(self.min_lr) or old_lr <= 0:
+            return False
+        new_lr = max(old_lr * self.factor, self.min_lr)
+        self.schedule.scale *= new_lr / old_lr
+        self.model.make_train_function(force=True)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau scaling the decaying learning rate to {new_lr:.3g}.")
+        log.info(
+            "epoch %d: learning rate reduced to %.3g (schedule scale %.3g)", epoch + 1, new_lr, self.schedule.scale
+        )
+        return True
+
+
+class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint with ``save_best_only=True`` that writes through a temporary file.
+
+    Saves ``filepath`` (``.keras``) whenever ``monitor`` improves; a kill
+    during the save leaves the previous best intact.
+    """
+
+    def __init__(self, filepath, monitor="val_top3_accuracy", mode="max", verbose=0):
+        super().__init__(filepath, monitor=monitor, mode=mode, save_best_only=True, verbose=verbose)
+        self.best = None
+        self.best_epoch = None
+        self._mode = mode
+        self._warned = False
+
+    def on_train_begin(self, logs=None):
+        pass  # keep ``best`` across fit calls and resumes
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            if not self._warned:
+                warnings.warn(
+                    f"checkpoint monitor {self.monitor!r} is not in the logs: {sorted(logs or {})}", stacklevel=2
+                )
+                self._warned = True
+            return
+        current = float(current)
+        if _improved(current, self.best, self._mode):
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved to {current:.5f}, saving {self.filepath}")
+            self.best, self.best_epoch = current, epoch
+            save_model_atomic(self.model, self.filepath)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise :class:`NonFiniteLossError`, naming the model and epoch, when the loss is NaN or infinite."""
+
+    def __init__(self, model_name: str, learning_rate: float | None = None, state_path=None):
+        super().__init__()
+        self.model_name = model_name
+        self.learning_rate = learning_rate
+        self.state_path = state_path
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, logs, where):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = to_float(loss)
+        if math.isfinite(loss):
+            return
+        self.model.stop_training = True
+        saved = f"; the last finished epoch ({self.epoch}) is kept in {self.state_path}" if self.state_path else ""
+        lr = f" (now {self.learning_rate:g})" if self.learning_rate else ""
+        message = (
+            f"{self.model_name}: the training loss became {loss} at epoch {self.epoch + 1}, {where}. "
+            f"Training stopped{saved}. Lower the learning_rate{lr}, check the data for non-finite "
+            f"pixels or wrong labels, or try mixed_precision=False."
+        )
+        log.error(message)
+        raise NonFiniteLossError(message)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, "epoch end")
+
+
+def callback_state(cb) -> dict | None:
+    if cb is None:
+        return None
+    if isinstance(cb, keras.callbacks.EarlyStopping):
+        return {
+            "wait": cb.wait,
+            "best": native(cb.best),
+            "best_epoch": cb.best_epoch,
+            "stopped_epoch": cb.stopped_epoch,
+            "best_weights": cb.best_weights,
+        }
+    if isinstance(cb, keras.callbacks.ReduceLROnPlateau):
+        return {"wait": cb.wait, "best": native(cb.best), "cooldown_counter": cb.cooldown_counter}
+    if isinstance(cb, BestModelCheckpoint):
+        return {"best": cb.best, "best_epoch": cb.best_epoch}
+    return None
+
+
+def set_callback_state(cb, state: dict | None) -> None:
+    if cb is None or not state:
+        return
+    for name, value in state.items():
+        setattr(cb, name, value)
+
+
+@dataclass
+class TrainingCallbacks:
+    """The callbacks of one phase, by role (``as_list()`` in the order fit needs)."""
+
+    early_stopping: keras.callbacks.EarlyStopping | None
+    reduce_lr: ReduceLROnPlateau | None
+    checkpoint: BestModelCheckpoint | None
+    non_finite: StopOnNonFiniteLoss
+    tensorboard: Any = None
+    extra: list = field(default_factory=list)
+
+    def as_list(self, state_callback=None) -> list:
+        # The state callback runs after those whose counters it saves and
+        # restores; extra callbacks see the epoch after it is saved.
+        cbs = [self.non_finite, self.early_stopping, self.reduce_lr, self.checkpoint, self.tensorboard]
+        cbs = [cb for cb in cbs if cb is not None]
+        if state_callback is not None:
+            cbs.append(state_callback)
+        return cbs + list(self.extra)
+
+
+def create_callbacks(
+    model_name: str,
+    *,
+    settings: CallbackSettings | dict | None = None,
+    checkpoint_path=None,
+    tensorboard_dir=None,
+    schedule: PlateauInverseTimeDecay | None = None,
+    learning_rate: float | None = None,
+    state_path=None,
+    extra=(),
+    verbose=0,
+) -> TrainingCallbacks:
+    """The report's ``create_callbacks``: EarlyStopping, ReduceLROnPlateau, ModelCheckpoint, and more.
+
+    ``settings`` is a :class:`carclf.settings.CallbackSettings` (or a dict of its fields, e.g.
+    ``{"early_stopping": {"patience": 3}}``); a callback set to ``None`` is left out. The report's
+    ``monit_loss`` (``val_loss``, mode min) drives EarlyStopping and ReduceLROnPlateau, ``monit_acc``
+    (``val_top3_accuracy``, mode max) the checkpoint at ``checkpoint_path``. TensorBoard logs go to
+    ``tensorboard_dir`` (none when ``None``). Gradient accumulation is not a callback here: it is the
+    optimizer's ``gradient_accumulation_steps``.
+    """
+    cfg = nested(CallbackSettings)(settings or {})
+    es = rl = ck = tb = None
+    if cfg.early_stopping is not None:
+        es = keras.callbacks.EarlyStopping(verbose=verbose, **asdict(cfg.early_stopping))
+    if cfg.reduce_lr is not None:
+        rl = ReduceLROnPlateau(schedule=schedule, verbose=verbose, **asdict(cfg.reduce_lr))
+    if cfg.checkpoint is not None and checkpoint_path is not None:
+        ck = BestModelCheckpoint(checkpoint_path, verbose=verbose, **asdict(cfg.checkpoint))
+    if tensorboard_dir is not None:
+        tb = _tensorboard(model_name, tensorboard_dir)
+    non_finite = StopOnNonFiniteLoss(model_name, learning_rate, state_path)
+    return TrainingCallbacks(es, rl, ck, non_finite, tb, list(extra))
+
+
+def _tensorboard(model_name, log_dir):
+    if not tensorboard_available():
+        log.warning(
+            "%s: no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard to get them)",
+            model_name,
+        )
+        return None
+    try:
+        return keras.callbacks.TensorBoard(
+            log_dir=str(log_dir), histogram_freq=0, write_graph=False, update_freq="epoch", profile_batch=0
+        )
+    except Exception as exc:  # TensorBoard needs TensorFlow's summary writer
+        log.warning("%s: no TensorBoard logs (%s: %s)", model_name, type(exc).__name__, exc)
+        return None
+
+
+def tensorboard_available() -> bool:
+    """Whether Keras's TensorBoard callback can write (it needs TensorFlow and the tensorboard package)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "tensorboard"))

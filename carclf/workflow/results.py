@@ -1,0 +1,187 @@
+"""Reading what was trained: the comparison of the finished runs, one run's evaluation, predictions."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from pathlib import Path
+
+from carclf.cache import NotComputedError
+from carclf.settings import LABELS
+from carclf.workflow.stages import (
+    _check_labels,
+    generators,
+    load_dataset,
+    search_hyperparameters,
+    stored,
+    train_model,
+    train_models,
+)
+
+__all__ = [
+    "EXPENSIVE_STAGES",
+    "ImageFileError",
+    "ModelFileError",
+    "NotTrainedError",
+    "evaluate_best",
+    "evaluate_run",
+    "histories",
+    "model_path",
+    "predict",
+    "trained_run",
+    "trained_runs",
+]
+
+#: The stages that cost hours; commands that only read results never start them.
+EXPENSIVE_STAGES = ("search", "search-", "train-")
+
+
+class NotTrainedError(LookupError):
+    """A command needs a trained model (or a finished search) that the stage cache does not hold."""
+
+
+class ImageFileError(ValueError):
+    """An image given to :func:`predict` is missing or is not an image OpenCV can read."""
+
+
+class ModelFileError(ValueError):
+    """A model file given to :func:`predict` is missing or does not fit the profile's classes."""
+
+
+def trained_runs(ws, names=None, labels=LABELS):
+    """The comparison table of the runs trained so far, read from the stage cache.
+
+    Nothing is searched or trained: runs that have not finished are left out
+    and listed in ``table.attrs["missing"]`` as ``(model, label)`` pairs.
+    """
+    import pandas as pd
+
+    labels = _check_labels(labels)
+    rows, missing = [], []
+    with ws.cache.only_cached(*EXPENSIVE_STAGES):
+        optimal = None
+        if "optimal" in labels:
+            with contextlib.suppress(NotComputedError):  # no search yet, so no optimal run either
+                optimal = stored(ws, "search", search_hyperparameters)
+        for name in names or ws.settings.models:
+            for label in labels:
+                if label == "optimal" and optimal is None:
+                    missing.append((name, label))
+                    continue
+                try:
+                    rows.append(train_model(ws, name, (label,), optimal))
+                except NotComputedError:
+                    missing.append((name, label))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["model", "hyperparams"])
+    table.attrs["missing"] = missing
+    return table
+
+
+def _not_trained(ws, what, name=None):
+    # ``what`` is the sentence's subject and verb: "no model has been", "model 'vgg16' has not been".
+    return NotTrainedError(
+        f"{what} trained in profile {ws.profile!r} under {ws.paths.root}: run "
+        f"`python -m carclf --root {ws.paths.root} train --profile {ws.profile} --model {name or 'NAME'}` "
+        f"(or the notebook) first; `python -m carclf report` lists the runs that are trained"
+    )
+
+
+def trained_run(ws, name=None, label=None, metric="accuracy"):
+    """The comparison row of one trained run: ``name`` with ``label``, or the best trained run by ``metric``.
+
+    Raises :class:`NotTrainedError` when no such run has finished.
+    """
+    table = trained_runs(ws, None if name is None else [name], LABELS if label is None else (label,))
+    if table.empty:
+        what = (
+            "no model has been"
+            if name is None
+            else f"model {name!r}{f' ({label} hyperparameters)' if label else ''} has not been"
+        )
+        raise _not_trained(ws, what, name)
+    return table.loc[table[metric].idxmax()]
+
+
+def histories(ws, table=None):
+    """The per-epoch history of every run in the comparison table, keyed by (model, hyperparams)."""
+    import pandas as pd
+
+    table = stored(ws, "comparison", train_models) if table is None else table
+    return {
+        (row.model, row.hyperparams): pd.read_csv(ws.paths.models / row.model / row.train_key / "history.csv")
+        for row in table.itertuples()
+    }
+
+
+def model_path(ws, row):
+    """The saved ``.keras`` file of a comparison row's run."""
+    return ws.paths.models / row["model"] / row["train_key"] / f"{row['model']}.keras"
+
+
+def evaluate_run(ws, row):
+    """The report's step 15 for one run (a comparison row): classification report, confusion matrix,
+    per-class accuracy and the most-confused pairs of classes, on the test set."""
+    from carclf.evaluate import evaluate_model
+    from carclf.train import load_model
+
+    model = load_model(model_path(ws, row))
+    _, test_gen = stored(ws, "generators", generators)
+    class_names = stored(ws, "dataset", load_dataset).value.attrs["class_names"]
+    return evaluate_model(model, test_gen, class_names)
+
+
+def evaluate_best(ws, table=None, metric="accuracy"):
+    """:func:`evaluate_run` for the best run of the comparison table; ``(model, hyperparams, evaluation)``."""
+    table = stored(ws, "comparison", train_models) if table is None else table
+    best = table.loc[table[metric].idxmax()]
+    return best["model"], best["hyperparams"], evaluate_run(ws, best)
+
+
+def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None):
+    """The ``top`` most probable classes of each image file, from a saved model.
+
+    The model is ``model_file`` if given, else the trained run ``name`` /
+    ``label`` (default: the best trained run). Each image is cropped as in
+    training: to ``box`` (x1, y1, x2, y2) when given, to its annotated box
+    when it is an image of the profile's dataset, else not at all; then
+    resized to the model's input. Returns :func:`carclf.evaluate.top_k`'s
+    table, ``input`` being the file path.
+    """
+    import numpy as np
+
+    from carclf.decoded import decode_image
+    from carclf.evaluate import top_k
+    from carclf.train import load_model
+
+    images = [Path(image) for image in images]
+    for image in images:
+        if not image.is_file():
+            raise ImageFileError(f"{image}: no such image file; give the paths of JPEG or PNG files")
+    if model_file is None:
+        model_file = model_path(ws, trained_run(ws, name, label))
+    elif not Path(model_file).is_file():
+        raise ModelFileError(
+            f"{model_file}: no such model file; give a .keras file saved by carclf (models/<name>/<name>.keras)"
+        )
+    model = load_model(model_file, compile=False)
+    frame = stored(ws, "dataset", load_dataset).value
+    class_names = frame.attrs["class_names"]
+    if model.output_shape[-1] != len(class_names):
+        raise ModelFileError(
+            f"{model_file}: the model has {model.output_shape[-1]} outputs but the dataset of "
+            f"profile {ws.profile!r} has {len(class_names)} classes; give the --profile and "
+            f"--dataset it was trained on"
+        )
+    annotated = {
+        Path(path).resolve(): (x1, y1, x2, y2)
+        for path, x1, y1, x2, y2 in frame[["path", "x1", "y1", "x2", "y2"]].itertuples(index=False)
+    }
+    decode = replace(ws.settings.data.decode, image_size=tuple(int(v) for v in model.input_shape[1:3]))
+    arrays = []
+    for image in images:
+        try:
+            arrays.append(decode_image(image, box or annotated.get(image.resolve()), decode))
+        except ValueError as exc:
+            raise ImageFileError(f"{image}: not an image OpenCV can read ({exc}); give JPEG or PNG files") from exc
+    probabilities = model.predict(np.stack(arrays).astype("float32"), verbose=0)
+    return top_k(probabilities, class_names, k=top, index=[str(image) for image in images])

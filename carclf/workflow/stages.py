@@ -1,0 +1,272 @@
+"""The notebook's stages as calls, in the report's order: each loads its cached result or computes it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from carclf.cache import config_hash
+from carclf.settings import LABELS, SettingsError
+
+__all__ = [
+    "augment_images",
+    "compare_default_optimal",
+    "configure_device",
+    "dataset_root",
+    "decode_images",
+    "generators",
+    "load_dataset",
+    "model_hyperparams",
+    "search_hyperparameters",
+    "stored",
+    "train_model",
+    "train_models",
+]
+
+
+def stored(ws, name, stage):
+    """What ``stage(ws)`` returned in this session under the current settings, else ``stage(ws)``, which
+    loads it from the cache when it has run: after a kernel restart any cell runs after the set-up cells."""
+    value = ws.recall(name)
+    return value if value is not None else stage(ws)
+
+
+def dataset_root(ws) -> Path:
+    """The dataset folder of the profile; the synthetic set is made first if the profile asks for it."""
+    data = ws.settings.data
+    if data.dataset != "synthetic":
+        root = Path(data.dataset)
+        return root if root.is_absolute() else ws.paths.root / root
+    from carclf.synthetic import make_synthetic
+
+    # One folder per set of options: make_synthetic refuses to mix two sets in one folder.
+    root = ws.paths.data / "synthetic" / config_hash(data.synthetic, length=8)
+    with ws.timer.stage("synthetic dataset") as run:
+        # The annotation files are written last: with them on disk, the set is complete.
+        complete = (root / "names.csv").is_file() or (root / "devkit" / "cars_meta.mat").is_file()
+        make_synthetic(root, **asdict(data.synthetic))
+        if complete:
+            run.status = "cached"
+    return root
+
+
+def load_dataset(ws):
+    """The report's step 2: names and annotations, validated (a cached stage)."""
+    from carclf.data import dataset_fingerprint, load_stanford_cars
+
+    root = dataset_root(ws)
+    with ws.timed("load dataset"):
+        result = ws.cache.run("dataset", dataset_fingerprint(root), lambda: load_stanford_cars(root))
+    return ws.remember("dataset", result)
+
+
+def decode_images(ws, dataset=None):
+    """Crop, resize and store every image once as uint8 memmaps (a cached, resumable stage)."""
+    from carclf.decoded import build_decoded_cache
+
+    dataset = dataset or stored(ws, "dataset", load_dataset)
+    with ws.timed("decode images"):
+        decoded = build_decoded_cache(dataset.value, ws.cache, ws.settings.data.decode, deps=[dataset])
+    return ws.remember("decoded", decoded)
+
+
+def configure_device(ws):
+    """The report's step 5: mixed precision and XLA, on by themselves on a GPU, off on a CPU."""
+    from carclf.device import configure
+
+    train = ws.settings.train
+    return ws.remember("device", configure(train.mixed_precision, train.jit_compile))
+
+
+def augment_images(ws, decoded=None):
+    """The report's step 8: the offline augmented set from the training box crops (cached, resumable).
+
+    Returns None when the profile augments online or not at all.
+    """
+    from carclf.augment import build_augmented_set
+
+    if ws.settings.augment.augmentation != "offline":
+        return None
+    decoded = decoded or stored(ws, "decoded", decode_images)
+    with ws.timed("data augmentation"):
+        augmented = build_augmented_set(
+            decoded["train"], ws.cache, ws.settings.augment, ws.settings.seed, out_dir=ws.paths.augmented
+        )
+    return ws.remember("augmented", augmented)
+
+
+def generators(ws):
+    """The report's step 9: ``(train_generator, test_generator)`` over the decoded and augmented images."""
+    from carclf.generators import make_generators
+
+    decoded = stored(ws, "decoded", decode_images)
+    augmented = stored(ws, "augmented", lambda ws: augment_images(ws, decoded))
+    pair = make_generators(
+        decoded,
+        ws.settings.augment,
+        batch_size=ws.settings.train.batch_size,
+        seed=ws.settings.seed,
+        augmented=augmented,
+        cache=ws.cache,
+    )
+    return ws.remember("generators", pair)
+
+
+def model_hyperparams(ws, name) -> dict:
+    """The profile's default hyperparameters for model ``name`` (its own overrides on top), as the report's dict."""
+    return ws.settings.hyperparams_for(name).as_dict()
+
+
+def search_hyperparameters(ws):
+    """The report's step 10: the hyperparameter search, on the training set only (cached, resumable)."""
+    from carclf import search
+
+    settings = ws.settings.search
+    decoded = stored(ws, "decoded", decode_images)
+    searched = search.search_space(settings.adam_only)
+    fixed = {k: v for k, v in model_hyperparams(ws, settings.model).items() if k not in searched}
+    with ws.timed("hyperparameter search"):
+        result = search.run_search(
+            settings.model,
+            decoded["train"],
+            settings,
+            hyperparams=fixed,
+            training=ws.settings.train,
+            seed=ws.settings.seed,
+            store=ws.store,
+        )
+    return ws.remember("search", result)
+
+
+def _check_labels(labels):
+    labels = (labels,) if isinstance(labels, str) else tuple(labels)
+    unknown = [label for label in labels if label not in LABELS]
+    if unknown or not labels:
+        raise SettingsError(f"hyperparams must be among {LABELS}, got {labels!r}")
+    return labels
+
+
+def _optimal_for(name, optimal) -> dict:
+    from carclf.search import SearchResult
+
+    if isinstance(optimal, SearchResult):
+        return dict(optimal.best_params)
+    if isinstance(optimal, Mapping) and name in optimal and isinstance(optimal[name], (Mapping, SearchResult)):
+        return _optimal_for(name, optimal[name])
+    if isinstance(optimal, Mapping):
+        return dict(optimal)
+    raise TypeError(
+        f"optimal must be a SearchResult, a hyperparameter dict, or one of those per model; got {optimal!r}"
+    )
+
+
+def compare_default_optimal(
+    names,
+    optimal,
+    train_generator,
+    test_generator,
+    *,
+    default=None,
+    settings=None,
+    store=None,
+    seed=0,
+    labels=LABELS,
+):
+    """Train each model with the default and with the optimal hyperparameters; one row per run.
+
+    ``optimal`` is a :class:`carclf.search.SearchResult`, a hyperparameter dict, or a dict of either per
+    model name (the report used one set for all models, and advised one per model). ``default`` is the
+    report's global defaults (:class:`carclf.settings.Hyperparams`) unless given; the optimal run uses it with
+    the searched values on top, so only the searched hyperparameters differ between the two. Both runs go
+    through ``run_model_pipeline`` with ``settings`` (:class:`carclf.settings.TrainSettings`) and its cache
+    (a rerun loads them); with the store's timer, they are timed in groups "default" and "optimal" (the
+    report's execution-time table). ``labels`` picks the runs: ``("default",)`` needs no ``optimal``.
+
+    Returns a frame with ``model``, ``hyperparams`` ("default" or "optimal"), the test metrics,
+    ``epochs_run``, ``wall_min``, ``cpu_min``, ``train_key`` and ``loaded`` (from the cache).
+    """
+    import pandas as pd
+
+    from carclf.models import model_spec
+    from carclf.settings import Hyperparams
+    from carclf.train import run_model_pipeline
+
+    names = [names] if isinstance(names, str) else list(names)
+    default = dict(default if default is not None else Hyperparams().as_dict())
+    split = train_generator.split
+    rows = []
+    for name in names:
+        for label in _check_labels(labels):
+            hp = default if label == "default" else {**default, **_optimal_for(name, optimal)}
+            result = run_model_pipeline(
+                model_spec(name).builder,
+                name,
+                hp,
+                (*split.image_size, 3),
+                split.num_classes,
+                train_generator,
+                test_generator,
+                settings=settings,
+                store=store,
+                seed=seed,
+                timer_group=label,
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "hyperparams": label,
+                    **result.test_metrics,
+                    "epochs_run": result.epochs_run,
+                    "wall_min": result.wall_min,
+                    "cpu_min": result.cpu_min,
+                    "train_key": result.key,
+                    "loaded": result.loaded,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def train_model(ws, name, labels=LABELS, optimal=None):
+    """Train one model with the default and/or the optimal hyperparameters (each run cached and resumable).
+
+    The optimal run needs the search, which runs first if it has not. Returns the model's rows of the
+    comparison table.
+    """
+    from carclf.models import check_name
+
+    check_name(name)
+    labels = _check_labels(labels)
+    if "optimal" in labels:
+        optimal = optimal or stored(ws, "search", search_hyperparameters)
+    train_gen, test_gen = stored(ws, "generators", generators)
+    return compare_default_optimal(
+        [name],
+        optimal,
+        train_gen,
+        test_gen,
+        default=model_hyperparams(ws, name),
+        settings=ws.settings.train,
+        store=ws.store,
+        seed=ws.settings.seed,
+        labels=labels,
+    )
+
+
+def train_models(ws, optimal=None):
+    """The report's steps 11 to 13: build, compile, train and test every model of the profile, with the
+    default and with the optimal hyperparameters (each run cached and resumable).
+
+    Returns the comparison table: one row per (model, "default" | "optimal"), also written to
+    ``reports/comparison.csv``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from carclf.workflow.reports import save_table
+
+    optimal = optimal or stored(ws, "search", search_hyperparameters)
+    models = tqdm(ws.settings.models, desc="models", unit="model")
+    table = pd.concat([train_model(ws, name, optimal=optimal) for name in models], ignore_index=True)
+    save_table(ws, table, "comparison_table")
+    return ws.remember("comparison", table)
