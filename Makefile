@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench install clean-results
+.PHONY: demo test test-fast lint bench install clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m carclf demo
 
-# Everything on TensorFlow, then the backend-portable tests again on JAX.
+# Everything on TensorFlow, then the backend-portable tests again on JAX; the slowest tests listed at the end.
 test: $(DEV_STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -m "backend and not both_ways" $(PYTEST_ARGS)
+
+# The inner loop: the suite without the tests marked slow (the demo notebook, full-size models, kills).
+test-fast: $(DEV_STAMP)
+	$(PY) -m pytest -q -m "not slow" --durations=10 $(PYTEST_ARGS)
+
+# What .ci/run checks before the tests.
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) bench/input_pipeline.py
