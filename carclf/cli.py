@@ -24,9 +24,9 @@ def _workspace(args, **overrides):
     """The workspace of the command's profile, its flags turned into settings overrides."""
     from carclf import workflow
 
-    if args.dataset:
+    if args.dataset is not None:
         overrides["dataset"] = args.dataset
-    if args.image_size:
+    if args.image_size is not None:
         overrides["image_size"] = args.image_size
     return workflow.Workspace.open(args.profile, root=args.root, **overrides)
 
@@ -68,7 +68,7 @@ def _augment(args):
 def _search(args):
     from carclf import workflow
 
-    ws = _workspace(args, **({"search.n_trials": args.trials} if args.trials else {}))
+    ws = _workspace(args, **({"search.n_trials": args.trials} if args.trials is not None else {}))
     result = workflow.search_hyperparameters(ws)
     workflow.plot_search(ws, result)
     _print_table(result.trials)
@@ -96,7 +96,7 @@ def _train(args):
     from carclf.models import check_name
 
     names = [check_name(name) for name in args.model] if args.model else None
-    ws = _workspace(args, **({"epochs": args.epochs} if args.epochs else {}))
+    ws = _workspace(args, **({"epochs": args.epochs} if args.epochs is not None else {}))
     labels = LABELS if args.hyperparams == "both" else (args.hyperparams,)
     if names is None and labels == LABELS:
         table = workflow.train_models(ws)
@@ -198,19 +198,8 @@ def _demo(args):
     return _run(args)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m carclf",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
-    parser.add_argument(
-        "--root",
-        help="where data/, pickles/, models/, logs/ and reports/ live (default: the project folder or $CARCLF_HOME)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _parents():
+    """The flags shared by commands: ``--root`` (also after the command), the profile's, which run."""
     # --root is accepted after the command too; SUPPRESS keeps an absent one from hiding the global one.
     root = argparse.ArgumentParser(add_help=False)
     root.add_argument("--root", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -227,19 +216,16 @@ def build_parser():
         "(default for full: data/stanford_cars)",
     )
     profile.add_argument("--image-size", type=int, help="square input size in pixels (default: the profile's)")
-
-    def command(name, run, help, parents=(profile,)):
-        sub = commands.add_parser(name, help=help, description=help, parents=list(parents))
-        sub.set_defaults(run=run)
-        return sub
-
     which = argparse.ArgumentParser(add_help=False)
     which.add_argument(
         "--hyperparams",
         choices=["default", "optimal"],
         help="which run of the model (default: the better one by test accuracy)",
     )
+    return root, profile, which
 
+
+def _stage_commands(command, profile, which):
     command("prepare", _prepare, "load and validate the dataset, build the decoded image cache")
     command("augment", _augment, "build the offline augmented training set; a grid of examples in reports/")
     search = command("search", _search, "run (or resume, or extend) the hyperparameter search")
@@ -285,11 +271,32 @@ def build_parser():
         "--box",
         type=_box,
         metavar="X1,Y1,X2,Y2",
-        help="the car's box in pixels, for every image (default: a dataset image's annotated "
-        "box, else the whole image)",
+        help="the car's box in pixels, for every "
+        "image (default: a dataset image's annotated box, else the whole image)",
     )
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m carclf",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "--root",
+        help="where data/, pickles/, models/, logs/ and reports/ live (default: the project folder or $CARCLF_HOME)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    root, profile, which = _parents()
+
+    def command(name, run, help, parents=(profile,)):
+        sub = commands.add_parser(name, help=help, description=help, parents=list(parents))
+        sub.set_defaults(run=run)
+        return sub
+
+    _stage_commands(command, profile, which)
     run = command(
         "run", _run, "the notebook headless, end to end; the executed copy and HTML in reports/", parents=(root,)
     )

@@ -234,84 +234,95 @@ def build_decoded_cache(
     finished build is only opened again.
     """
     settings = settings or DecodeSettings()
-    image_size, crop, margin = settings.image_size, settings.crop, settings.margin
     chunk_size = check_positive_int("chunk_size", chunk_size)
     _check_frame(frame)
 
     splits = _ordered_splits(frame)
     # The full class list when the frame carries it: a class with no images still gets its column.
     num_classes = len(frame.attrs.get("class_names") or ()) or int(frame["class_id"].max()) + 1
-    config = {
-        "version": DECODE_VERSION,
-        "settings": settings if crop == "box" else replace(settings, margin=0.0),  # no margin without a box
-        "frame": frame_fingerprint(frame),
-        "rows": {s: int((frame["split"].astype(str) == s).sum()) for s in splits},
-        "num_classes": num_classes,
-    }
+    config = _config(settings, frame, splits, num_classes)
     deps = list(deps)
     key = cache.key(STAGE, config, deps)
-    shapes = {s: (config["rows"][s], *image_size, 3) for s in splits}
+    shapes = {s: (config["rows"][s], *settings.image_size, 3) for s in splits}
 
-    folder = cache.artifact_dir(STAGE, key, create=False)
-    if not all(_is_complete_npy(folder / f"{s}.npy", shapes[s]) for s in splits):
-        if cache.exists(STAGE, key) or cache.parts_dir(STAGE, key).exists():
-            log.warning("decoded arrays in %s are missing or damaged; rebuilding", folder)
-            cache.invalidate(STAGE, key)
-        folder = cache.artifact_dir(STAGE, key)
-        for split in splits:
-            if not _is_complete_npy(folder / f"{split}.npy", shapes[split]):
-                _create_npy(folder / f"{split}.npy", shapes[split])
-
-    units, bounds = [], {}
-    for split in splits:
-        for start in range(0, shapes[split][0], chunk_size):
-            stop = min(start + chunk_size, shapes[split][0])
-            unit = f"{split}-{start:07d}-{stop:07d}"
-            units.append(unit)
-            bounds[unit] = (split, start, stop)
+    folder = _ready_arrays(cache, key, shapes)
+    bounds = _chunks(shapes, chunk_size)
     parts = cache.parts_dir(STAGE, key)
     done_rows = sum(
         stop - start for unit, (_, start, stop) in bounds.items() if (parts / f"{unit_filename(unit)}.pkl").is_file()
     )
     plan = _plan(frame, splits)
     builder = _Builder(folder, plan, settings, workers, progress, sum(config["rows"].values()), done_rows)
-
-    def combine(done):
-        return {
-            "image_size": image_size,
-            "crop": crop,
-            "margin": margin if crop == "box" else None,
-            "num_classes": num_classes,
-            "splits": {
-                s: {
-                    "file": f"{s}.npy",
-                    "shape": shapes[s],
-                    "class_ids": plan[s]["class_ids"],
-                    "paths": plan[s]["paths"],
-                }
-                for s in splits
-            },
-        }
-
+    descriptor = _descriptor(settings, num_classes, shapes, plan)
     try:
         result = cache.run_units(
-            STAGE, config, units, lambda unit: builder.chunk(*bounds[unit]), combine=combine, deps=deps, progress=False
+            STAGE,
+            config,
+            list(bounds),
+            lambda unit: builder.chunk(*bounds[unit]),
+            combine=lambda done: descriptor,
+            deps=deps,
+            progress=False,
         )
     finally:
         builder.close()
-
-    descriptor = result.value
-    out = {}
-    for split, info in descriptor["splits"].items():
-        images = np.load(folder / info["file"], mmap_mode="r")
-        out[split] = DecodedSplit(images, info["class_ids"], info["paths"], split, descriptor["num_classes"])
-    return out
+    return _open(folder, result.value)
 
 
-def open_decoded(cache: StageCache, key: str) -> dict[str, DecodedSplit]:
-    """Open a finished decoded cache by its key (read-only), without the frame."""
-    descriptor = load_pickle(cache.path(STAGE, key))["value"]
+def _descriptor(settings: DecodeSettings, num_classes, shapes, plan) -> dict:
+    """The stage's value: how the images were decoded, and each split's file, shape, labels and paths."""
+    files = {
+        s: {"file": f"{s}.npy", "shape": shapes[s], "class_ids": plan[s]["class_ids"], "paths": plan[s]["paths"]}
+        for s in shapes
+    }
+    margin = settings.margin if settings.crop == "box" else None
+    return {
+        "image_size": settings.image_size,
+        "crop": settings.crop,
+        "margin": margin,
+        "num_classes": num_classes,
+        "splits": files,
+    }
+
+
+def _config(settings: DecodeSettings, frame, splits, num_classes) -> dict:
+    """What the decoded cache's key covers: how images are decoded and which rows are decoded."""
+    return {
+        "version": DECODE_VERSION,
+        "settings": settings if settings.crop == "box" else replace(settings, margin=0.0),  # no margin without a box
+        "frame": frame_fingerprint(frame),
+        "rows": {s: int((frame["split"].astype(str) == s).sum()) for s in splits},
+        "num_classes": num_classes,
+    }
+
+
+def _ready_arrays(cache: StageCache, key: str, shapes: dict) -> Path:
+    """The stage's folder with a whole (possibly still empty) ``<split>.npy`` of each shape; a damaged or
+    missing array invalidates what was recorded of the stage, so its rows are decoded again."""
     folder = cache.artifact_dir(STAGE, key, create=False)
+    if all(_is_complete_npy(folder / f"{s}.npy", shape) for s, shape in shapes.items()):
+        return folder
+    if cache.exists(STAGE, key) or cache.parts_dir(STAGE, key).exists():
+        log.warning("decoded arrays in %s are missing or damaged; rebuilding", folder)
+        cache.invalidate(STAGE, key)
+    folder = cache.artifact_dir(STAGE, key)
+    for split, shape in shapes.items():
+        if not _is_complete_npy(folder / f"{split}.npy", shape):
+            _create_npy(folder / f"{split}.npy", shape)
+    return folder
+
+
+def _chunks(shapes: dict, chunk_size: int) -> dict:
+    """``{unit: (split, start, stop)}``: the rows of every split in chunks, the units of the stage."""
+    bounds = {}
+    for split, shape in shapes.items():
+        for start in range(0, shape[0], chunk_size):
+            stop = min(start + chunk_size, shape[0])
+            bounds[f"{split}-{start:07d}-{stop:07d}"] = (split, start, stop)
+    return bounds
+
+
+def _open(folder: Path, descriptor: dict) -> dict[str, DecodedSplit]:
     return {
         split: DecodedSplit(
             np.load(folder / info["file"], mmap_mode="r"),
@@ -322,6 +333,11 @@ def open_decoded(cache: StageCache, key: str) -> dict[str, DecodedSplit]:
         )
         for split, info in descriptor["splits"].items()
     }
+
+
+def open_decoded(cache: StageCache, key: str) -> dict[str, DecodedSplit]:
+    """Open a finished decoded cache by its key (read-only), without the frame."""
+    return _open(cache.artifact_dir(STAGE, key, create=False), load_pickle(cache.path(STAGE, key))["value"])
 
 
 __all__ = [

@@ -40,25 +40,19 @@ def generators(decoded):
 
 def plateau_run(decoded, home, extra_callbacks=()):
     """Train model1 on the 32x32 synthetic set under ``home`` (a carclf Paths root)."""
-    from carclf.models import create_model1_model
-    from carclf.paths import Store
-    from carclf.settings import TrainSettings
-    from carclf.train import run_model_pipeline
+    from _helpers import model1_run
 
     train, test = generators(decoded)
-    return run_model_pipeline(
-        create_model1_model,
-        "model1",
-        PLATEAU["hyperparams"],
-        (32, 32, 3),
-        decoded["train"].num_classes,
+    return model1_run(
         train,
         test,
+        home,
+        PLATEAU["hyperparams"],
         PLATEAU["epochs"],
         PLATEAU["accum_steps"],
-        settings=TrainSettings(callbacks=PLATEAU["callbacks_config"], verbose=0, plot=False),
-        store=Store.at(home),
         seed=PLATEAU["seed"],
+        callbacks=PLATEAU["callbacks_config"],
+        plot=False,
         extra_callbacks=extra_callbacks,
     )
 

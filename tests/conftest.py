@@ -5,6 +5,15 @@ from types import SimpleNamespace
 import pytest
 
 
+@pytest.fixture
+def fresh_session():
+    """Each test starts its Keras graphs anew (the builders make dozens of models)."""
+    import keras
+
+    yield
+    keras.backend.clear_session()
+
+
 @pytest.fixture(scope="session")
 def synthetic_cars32(tmp_path_factory):
     """The default 10-class synthetic set, decoded once at 32x32 for training tests.

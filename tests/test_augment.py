@@ -4,9 +4,7 @@ CutMix, MixUp, the grid."""
 import filecmp
 import functools
 import importlib.util
-import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import pytest
+from _helpers import kill, wait_for
 
 from carclf import augment
 from carclf.augment import (
@@ -188,15 +187,10 @@ def test_offline_set_resumes_after_sigkill(source_npy, tmp_path):
     proc = subprocess.Popen([sys.executable, str(HELPER), str(source_npy), str(root), "0.05"], stderr=subprocess.PIPE)
     parts = lambda: list(root.glob("pickles/augmented/*.parts/*.pkl"))  # noqa: E731
     try:
-        deadline = time.monotonic() + 60
-        while len(parts()) < 1:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no chunk finished in time"
-            time.sleep(0.01)
+        wait_for(parts, proc, what="a finished chunk")
         time.sleep(0.12)  # into the next chunk, between files
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill(proc)
     folder = next((root / "augmented").iterdir())
     assert not (folder / "manifest.csv").exists(), "the run finished before it was killed"
     kept = sorted(folder.glob("[!.]*.jpg"))

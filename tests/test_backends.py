@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import model1_run
 
 from carclf import models
 from carclf.cache import load_pickle
@@ -37,20 +38,12 @@ from carclf.device import configure, precision_policy
 from carclf.generators import ImageBatches
 from carclf.layers import AttentionBlock, CustomLayer, ImagePreprocessing, SEBlock
 from carclf.metrics import report_metrics
-from carclf.paths import Store
-from carclf.settings import TrainSettings
-from carclf.train import load_model, make_optimizer, optimizer_settings, run_model_pipeline
+from carclf.train import load_model, make_optimizer, optimizer_settings
 
-pytestmark = pytest.mark.backend
+pytestmark = [pytest.mark.backend, pytest.mark.usefixtures("fresh_session")]
 
 BACKEND = keras.backend.backend()
 OTHER = "jax" if BACKEND == "tensorflow" else "tensorflow"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_session():
-    yield
-    keras.backend.clear_session()
 
 
 def _numpy(x):
@@ -207,23 +200,19 @@ class InterruptAt(keras.callbacks.Callback):
 def _model1_run(decoded, home, extra_callbacks=()):
     train = ImageBatches(decoded["train"], RESUME["batch_size"], shuffle=True, seed=0)
     test = ImageBatches(decoded["test"], 50, shuffle=False)
-    return run_model_pipeline(
-        models.create_model1_model,
-        "model1",
-        RESUME["hyperparams"],
-        (32, 32, 3),
-        decoded["train"].num_classes,
+    return model1_run(
         train,
         test,
+        home,
+        RESUME["hyperparams"],
         RESUME["epochs"],
-        None,
-        settings=TrainSettings(verbose=0, plot=False, tensorboard=False),
-        store=Store.at(home),
-        seed=0,
+        plot=False,
+        tensorboard=False,
         extra_callbacks=extra_callbacks,
     )
 
 
+@pytest.mark.slow
 def test_model1_fit_interrupted_mid_epoch_resumes_without_gap_or_repeat(synthetic_cars32, tmp_path):
     decoded = synthetic_cars32.decoded
     with pytest.raises(Interrupted):
@@ -337,6 +326,7 @@ def _npz(path):
 
 # Both directions run in one pass, so the JAX pass of `make test` leaves this test out (-m "not both_ways"):
 # there it would repeat the same two crossings.
+@pytest.mark.slow
 @pytest.mark.both_ways
 @pytest.mark.parametrize("direction", ["saved-here", "saved-in-other"])
 def test_keras_file_saved_under_one_backend_loads_under_the_other(direction, tmp_path):

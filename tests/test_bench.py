@@ -70,6 +70,7 @@ def _check_table(stdout, results, names, backend):
     assert all(gen["images_per_s"] > 0 for gen in results["generator"].values())
 
 
+@pytest.mark.slow
 def test_train_speed_tiny_prints_its_table(tmp_path):
     names = ["model1", "vgg16"]
     stdout, results = _run(["--models", ",".join(names)], tmp_path)
@@ -77,6 +78,7 @@ def test_train_speed_tiny_prints_its_table(tmp_path):
     assert results["images"] == 64 and results["size"] == 32  # the smallest size both accept
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed (requirements-dev.txt)")
 def test_train_speed_runs_on_jax_without_tensorflow(tmp_path):
     """The GPU machine has JAX and no TensorFlow: nothing on the benchmark's path may need it."""

@@ -3,8 +3,6 @@
 import importlib.util
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import kill, wait_for  # noqa: E402
 
 from carclf.cache import (
     NotComputedError,
@@ -32,23 +31,6 @@ _spec.loader.exec_module(helpers)
 
 def temp_files(folder):
     return sorted(p for p in Path(folder).rglob("*") if p.name.endswith(".tmp"))
-
-
-def wait_for(condition, proc, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"subprocess ended (rc {proc.returncode}) before {what}: {proc.stderr.read()!r}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def kill(proc):
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
 
 
 # --------------------------------------------------------------------------- #

@@ -21,6 +21,9 @@ import pytest
 from carclf import cli, models
 from carclf.models import NAMES
 
+#: Every test here runs the command line in a fresh workspace or the demo notebook: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 
 def _subprocess(home, *args, timeout=300):
     env = {**os.environ, "CARCLF_HOME": str(home)}
@@ -250,7 +253,6 @@ def _served(text):
     return done, total
 
 
-@pytest.mark.slow
 def test_the_demo_notebook_runs_end_to_end_then_from_the_cache(stages):
     home, _, _ = stages
     start = time.perf_counter()

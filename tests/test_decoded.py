@@ -1,17 +1,15 @@
 """The decoded image cache: decoding, crops, the resumable build, batches."""
 
 import importlib.util
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import kill, wait_for
 
 from carclf.cache import StageCache
 from carclf.decoded import build_decoded_cache, crop_window, decode_image
@@ -220,14 +218,9 @@ def test_build_resumes_after_sigkill(tmp_path, frame, count_imread):
     )
     parts = lambda: list(root.glob("decoded/*.parts/*.pkl"))  # noqa: E731
     try:
-        deadline = time.monotonic() + 60
-        while not parts():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no chunk finished in time"
-            time.sleep(0.01)
+        wait_for(parts, proc, what="a finished chunk")
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill(proc)
     assert not list(root.glob("decoded/*.pkl")), "the build finished before it was killed"
     chunk = helpers.DECODED_OPTIONS["chunk_size"]
     done_rows = chunk * len(parts())  # every split's size here is a multiple of the chunk size

@@ -36,6 +36,8 @@ EXPECTED_PREPROCESSING = {
     "inceptionv3": keras.applications.inception_v3.preprocess_input,
 }
 
+pytestmark = pytest.mark.usefixtures("fresh_session")
+
 
 def small_shape(name):
     size = models.MIN_INPUT_SIZE[name]
@@ -58,12 +60,6 @@ def base_layer_names(model):
             return names
         names.append(layer.name)
     raise AssertionError("no head found")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_session():
-    yield
-    keras.backend.clear_session()
 
 
 def test_registry_lists_the_eight_models_in_the_reports_order():

@@ -244,6 +244,7 @@ def test_plots_and_importance(skopt_run):
     assert isinstance(plot_importance(result), Figure)
 
 
+@pytest.mark.slow
 def test_skopt_search_killed_in_trial_3_resumes_there(synthetic_cars32, tmp_path, monkeypatch):
     log_path = tmp_path / "calls.jsonl"
     proc = subprocess.run(
@@ -372,6 +373,7 @@ def test_skopt_replay_gives_the_uninterrupted_search(synthetic_cars32, tmp_path,
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.slow
 def test_optuna_prunes_a_poor_trial(synthetic_cars32, tmp_path):
     good = {"learning_rate": 1e-3, "weight_decay": 1e-6, "dropout": 0.1, "beta_1": 0.9, "beta_2": 0.999, "decay": 1e-7}
     poor = {**good, "learning_rate": 1e-6, "dropout": 0.5}
@@ -406,6 +408,7 @@ def _study(name, tmp_path):
     return optuna.load_study(study_name=name, storage=url)
 
 
+@pytest.mark.slow
 def test_two_optuna_workers_share_one_sqlite_study(synthetic_cars32, tmp_path):
     from optuna.trial import TrialState
 
@@ -433,6 +436,7 @@ def test_two_optuna_workers_share_one_sqlite_study(synthetic_cars32, tmp_path):
     assert len({param_set(t.params) for t in finished}) == n_trials  # no draw shared between workers
 
 
+@pytest.mark.slow
 def test_optuna_trial_killed_mid_run_is_retried(synthetic_cars32, tmp_path):
     from optuna.trial import TrialState
 

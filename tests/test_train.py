@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import model1_run
 
 from carclf import device as D
 from carclf import train as T
@@ -35,20 +36,7 @@ LEARN = {"hyperparams": {"learning_rate": 3e-3, "dropout": 0.2}, "batch_size": 8
 def _learn_run(data, home):
     train = ImageBatches(data.decoded["train"], LEARN["batch_size"], shuffle=True, seed=LEARN["seed"])
     test = ImageBatches(data.decoded["test"], 100, shuffle=False)
-    return T.run_model_pipeline(
-        create_model1_model,
-        "model1",
-        LEARN["hyperparams"],
-        (32, 32, 3),
-        10,
-        train,
-        test,
-        LEARN["epochs"],
-        None,
-        settings=TrainSettings(verbose=0),
-        store=Store.at(home, timer=True),
-        seed=LEARN["seed"],
-    )
+    return model1_run(train, test, home, LEARN["hyperparams"], LEARN["epochs"], seed=LEARN["seed"], timer=True)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +111,7 @@ def test_rerun_loads_the_finished_run(learned, monkeypatch):
     assert again.test_metrics == learned.result.test_metrics
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_next_epoch_with_its_counters(synthetic_cars32, tmp_path):
     """Killed mid-epoch 4, the run resumes at epoch 4 and ends like an uninterrupted one.
 

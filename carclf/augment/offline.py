@@ -261,10 +261,19 @@ class AugmentedSet:
 
         height, width = self.image_size
         m = self.manifest
-        return pd.DataFrame({
-            "path": m["path"].astype(str), "split": "train", "class_id": m["class_id"].astype("int64"),
-            "x1": 0, "y1": 0, "x2": width, "y2": height, "width": width, "height": height,
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "path": m["path"].astype(str),
+                "split": "train",
+                "class_id": m["class_id"].astype("int64"),
+                "x1": 0,
+                "y1": 0,
+                "x2": width,
+                "y2": height,
+                "width": width,
+                "height": height,
+            }
+        )
 
     def to_split(self, cache: StageCache | None = None, workers=None, progress=True) -> DecodedSplit:
         """The variants decoded into a memmap (the decoded cache's machinery, stage ``decoded``), in manifest order.
@@ -335,129 +344,180 @@ def build_augmented_set(
             "build_augmented_set called while a worker process imports the main script; "
             "put the call under `if __name__ == '__main__':`"
         )
-    settings = settings or AugmentSettings()
-    split = _train_split(source)
-    n_variants, seed = settings.n_variants, non_negative_int(seed)
     if image_format not in _FORMATS:
         raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality!r}")
     if executor not in ("process", "thread"):
         raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}")
-    chunk_size = check_positive_int("chunk_size", chunk_size)
-    workers = max(1, int(workers or usable_cpus()))
+    settings = settings or AugmentSettings()
     declaration = tuple((name, dict(kwargs)) for name, kwargs in check_declaration(PIPELINES[settings.pipeline]))
     build_pipeline(declaration)  # fail here, not in a worker, on bad arguments
-
-    images = split.images
-    image_size = tuple(int(v) for v in images.shape[1:3])
-    config = {
-        "version": AUGMENT_VERSION,
-        "n_variants": n_variants,
-        "seed": seed,
-        "pipeline": canonical(declaration),
-        "image_size": list(image_size),
-        "format": image_format,
-        "quality": int(quality) if image_format == "jpg" else None,
-        "albumentations": A.__version__,
-        "opencv": cv2.__version__,
-        "source": source_fingerprint(split),
-        "rows": len(split),
-    }
-    deps = list(deps)
-    key = cache.key(STAGE, config, deps)
     if out_dir is None:
         from carclf.paths import Paths
 
         out_dir = Paths.default().augmented
-    folder = Path(out_dir) / key
-    paths = [str(p) for p in split.paths]
-    class_ids = np.asarray(split.class_ids, dtype=np.int64)
-    names = _file_names(paths, n_variants, _FORMATS[image_format])
+    build = _Build(
+        split=_train_split(source),
+        cache=cache,
+        n_variants=settings.n_variants,
+        seed=non_negative_int(seed),
+        declaration=declaration,
+        image_format=image_format,
+        quality=int(quality),
+        workers=max(1, int(workers or usable_cpus())),
+        executor=executor,
+        chunk_size=check_positive_int("chunk_size", chunk_size),
+        progress=progress,
+        deps=list(deps),
+        out_dir=Path(out_dir),
+    )
+    return build.run()
 
-    def result_of(stage_result, written):
-        manifest = read_manifest(folder)
+
+@dataclass
+class _Build:
+    """One offline set being built: its stage key, its chunks of rows, and how each chunk is written."""
+
+    split: DecodedSplit
+    cache: StageCache
+    n_variants: int
+    seed: int
+    declaration: tuple
+    image_format: str
+    quality: int
+    workers: int
+    executor: str
+    chunk_size: int
+    progress: bool
+    deps: list
+    out_dir: Path
+    runner: _Runner | None = None
+
+    def __post_init__(self):
+        self.config = {
+            "version": AUGMENT_VERSION,
+            "n_variants": self.n_variants,
+            "seed": self.seed,
+            "pipeline": canonical(self.declaration),
+            "image_size": list(self.image_size),
+            "format": self.image_format,
+            "quality": self.quality if self.image_format == "jpg" else None,
+            "albumentations": A.__version__,
+            "opencv": cv2.__version__,
+            "source": source_fingerprint(self.split),
+            "rows": len(self.split),
+        }
+        self.key = self.cache.key(STAGE, self.config, self.deps)
+        self.folder = self.out_dir / self.key
+        self.paths = [str(p) for p in self.split.paths]
+        self.names = _file_names(self.paths, self.n_variants, _FORMATS[self.image_format])
+        self.mapped = _whole_memmap(self.split.images)
+        self.bounds = {}
+        for start in range(0, len(self.split), self.chunk_size):
+            stop = min(start + self.chunk_size, len(self.split))
+            self.bounds[f"rows-{start:07d}-{stop:07d}"] = (start, stop)
+
+    @property
+    def image_size(self) -> tuple:
+        return tuple(int(v) for v in self.split.images.shape[1:3])
+
+    def run(self) -> AugmentedSet:
+        result = self._run_stage()
+        files_there = (self.folder / "manifest.csv").is_file() and all(
+            (self.folder / name).is_file() for row in self.names for name in row
+        )
+        if result.loaded and not files_there:
+            log.warning("augmented files in %s are missing; writing them again", self.folder)
+            self.cache.invalidate(STAGE, self.key)
+            result = self._run_stage()
+        written = self.runner.written
+        if not result.loaded:
+            log.info(
+                "augmented set %s: %d files (%d written now)", self.folder, len(self.split) * self.n_variants, written
+            )
         return AugmentedSet(
-            folder,
-            key,
-            manifest,
-            image_size,
-            int(split.num_classes),
-            n_variants,
-            seed,
-            stage_result.loaded,
+            self.folder,
+            self.key,
+            read_manifest(self.folder),
+            self.image_size,
+            int(self.split.num_classes),
+            self.n_variants,
+            self.seed,
+            result.loaded,
             written,
-            cache,
+            self.cache,
         )
 
-    mapped = _whole_memmap(images)
-    units, bounds = [], {}
-    for start in range(0, len(split), chunk_size):
-        stop = min(start + chunk_size, len(split))
-        unit = f"rows-{start:07d}-{stop:07d}"
-        units.append(unit)
-        bounds[unit] = (start, stop)
+    def _run_stage(self):
+        parts = self.cache.parts_dir(STAGE, self.key)
+        done_rows = sum(
+            stop - start
+            for unit, (start, stop) in self.bounds.items()
+            if (parts / f"{unit_filename(unit)}.pkl").is_file()
+        )
+        total = len(self.split) * self.n_variants
+        self.runner = _Runner(self.workers, self.executor, self.progress, total, done_rows * self.n_variants)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.cache.run_units(
+                STAGE,
+                self.config,
+                list(self.bounds),
+                self._chunk,
+                combine=self._combine,
+                deps=self.deps,
+                progress=False,
+            )
+        finally:
+            self.runner.close()
 
-    def compute_unit(unit):
-        start, stop = bounds[unit]
-        step = max(1, min(32, math.ceil((stop - start) / (4 * workers))))
+    def _chunk(self, unit):
+        start, stop = self.bounds[unit]
+        images = self.split.images
+        step = max(1, min(32, math.ceil((stop - start) / (4 * self.workers))))
         tasks = []
         for lo in range(start, stop, step):
             hi = min(lo + step, stop)
-            if mapped is not None:
-                src = ("memmap", mapped[0], mapped[1], tuple(images.shape))
+            if self.mapped is not None:
+                src = ("memmap", self.mapped[0], self.mapped[1], tuple(images.shape))
             else:
                 src = ("array", np.asarray(images[lo:hi]), lo)
-            tasks.append({
-                "source": src, "start": lo, "stop": hi, "names": names[lo:hi], "pipeline": declaration,
-                "seed": seed, "folder": str(folder), "format": image_format, "quality": int(quality),
-                "count": (hi - lo) * n_variants,
-            })  # fmt: skip
-        runner.run(tasks)
+            tasks.append(
+                {
+                    "source": src,
+                    "start": lo,
+                    "stop": hi,
+                    "names": self.names[lo:hi],
+                    "pipeline": self.declaration,
+                    "seed": self.seed,
+                    "folder": str(self.folder),
+                    "format": self.image_format,
+                    "quality": self.quality,
+                    "count": (hi - lo) * self.n_variants,
+                }
+            )
+        self.runner.run(tasks)
         os.sync()  # the chunk's files reach the disk before the chunk is recorded as done
         return {"start": start, "stop": stop}
 
-    def combine(done):
+    def _combine(self, done):
+        class_ids = np.asarray(self.split.class_ids, dtype=np.int64)
         records = [
-            (names[row][v], paths[row], row, v, int(class_ids[row]))
-            for row in range(len(split))
-            for v in range(n_variants)
+            (self.names[row][v], self.paths[row], row, v, int(class_ids[row]))
+            for row in range(len(self.split))
+            for v in range(self.n_variants)
         ]
-        atomic_write(folder / "manifest.csv", _manifest_bytes(records))
+        atomic_write(self.folder / "manifest.csv", _manifest_bytes(records))
         # a SIGKILL mid-write can leave a temp file; every result file is in place now
-        for stale in folder.glob(".*.tmp"):
+        for stale in self.folder.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
         return {
             "manifest": "manifest.csv",
             "files": len(records),
-            "image_size": image_size,
-            "num_classes": int(split.num_classes),
-            "n_variants": n_variants,
-            "seed": seed,
+            "image_size": self.image_size,
+            "num_classes": int(self.split.num_classes),
+            "n_variants": self.n_variants,
+            "seed": self.seed,
         }
-
-    def run_stage():
-        nonlocal runner
-        parts = cache.parts_dir(STAGE, key)
-        done_rows = sum(
-            stop - start for unit, (start, stop) in bounds.items() if (parts / f"{unit_filename(unit)}.pkl").is_file()
-        )
-        runner = _Runner(workers, executor, progress, len(split) * n_variants, done_rows * n_variants)
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            return cache.run_units(STAGE, config, units, compute_unit, combine=combine, deps=deps, progress=False)
-        finally:
-            runner.close()
-
-    runner = None
-    result = run_stage()
-    if result.loaded and not (
-        (folder / "manifest.csv").is_file() and all((folder / name).is_file() for row in names for name in row)
-    ):
-        log.warning("augmented files in %s are missing; writing them again", folder)
-        cache.invalidate(STAGE, key)
-        result = run_stage()
-    if not result.loaded:
-        log.info("augmented set %s: %d files (%d written now)", folder, len(split) * n_variants, runner.written)
-    return result_of(result, runner.written)

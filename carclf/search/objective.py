@@ -39,7 +39,7 @@ SEARCH_FORMAT = 2
 
 @dataclass
 class SearchContext:
-    """Everything a trial needs, and ``identity``: the settings that identify the search (its key's config)."""
+    """Everything a trial needs, and what identifies the search."""
 
     settings: SearchSettings
     training: TrainSettings  # how every trial trains: the search's epochs and callbacks on the run's settings
@@ -54,8 +54,8 @@ class SearchContext:
     augment: Any
     store: Store
     deps: list
-    identity: dict
-    key: str
+    data: dict  # what identifies the training data (rows, labels, sampled pixels)
+    key: str = ""
 
     @property
     def backend(self) -> str:
@@ -72,6 +72,35 @@ class SearchContext:
     @property
     def input_shape(self) -> tuple:
         return (*self.train_view.image_size, 3)
+
+    @property
+    def identity(self) -> dict:
+        """What identifies the search: its key's config, recorded with the result (``SearchResult.settings``)."""
+        return canonical(
+            {
+                "format": SEARCH_FORMAT,
+                **{
+                    k: v
+                    for k, v in key_fields(self.settings).items()
+                    if k not in ("n_trials", "model", "skopt", "optuna")
+                },
+                "model_name": self.model_name,
+                "builder": qualname(self.builder),
+                "space": self.space,
+                "optimizer_params": {k: v for k, v in OPTIMIZER_PARAMS.items() if k in self.space},
+                "hyperparams": self.base_hyperparams,
+                "direction": self.direction,
+                "data": self.data,
+                "input_shape": list(self.input_shape),
+                "train_rows": len(self.train_view),
+                "validation_rows": len(self.val_view),
+                "batch_size": self.training.batch_size,
+                "accum_steps": self.training.accum_steps,
+                "seed": self.seed,
+                "augment": describe_hook(self.augment),
+                self.backend: self.settings.backend_settings,  # the other backend's settings never reach this search
+            }
+        )
 
     def chance_loss(self) -> float:
         """What skopt is told for a diverged trial when no worse one was seen: chance-level loss, or 0 accuracy."""
@@ -157,49 +186,9 @@ def prepare(
     source = subsample_split(split, settings.subsample, seed) if settings.subsample is not None else split
     train_view, val_view = validation_split(source, settings.validation_fraction, seed, image_size=settings.input_size)
     store = store or Store.at()
-    identity = canonical(
-        {
-            "format": SEARCH_FORMAT,
-            **{k: v for k, v in key_fields(settings).items() if k not in ("n_trials", "model", "skopt", "optuna")},
-            "model_name": model_name,
-            "builder": qualname(builder),
-            "space": space,
-            "optimizer_params": {k: v for k, v in OPTIMIZER_PARAMS.items() if k in space},
-            "hyperparams": base,
-            "direction": direction(settings.objective),
-            "data": _describe_data(split),
-            "input_shape": [*train_view.image_size, 3],
-            "train_rows": len(train_view),
-            "validation_rows": len(val_view),
-            "batch_size": training.batch_size,
-            "accum_steps": training.accum_steps,
-            "seed": int(seed),
-            "augment": describe_hook(augment),
-            settings.backend: settings.backend_settings,  # the other backend's settings never reach this search
-        }
-    )
-    trial_training = replace(
-        training,
-        epochs=settings.epochs,
-        # EarlyStopping on the objective; no LR scheduler and no checkpoint during the search.
-        callbacks=CallbackSettings(
-            early_stopping=EarlyStoppingSettings(
-                monitor=settings.objective,
-                mode="min" if direction(settings.objective) == "minimize" else "max",
-                patience=settings.patience,
-                restore_best_weights=False,
-            ),
-            reduce_lr=None,
-            checkpoint=None,
-        ),
-        two_phase=False,
-        tensorboard=False,
-        plot=False,
-        evaluate=False,
-    )
-    return SearchContext(
+    ctx = SearchContext(
         settings=settings,
-        training=trial_training,
+        training=_trial_training(settings, training),
         model_name=model_name,
         builder=builder,
         space=space,
@@ -211,8 +200,27 @@ def prepare(
         augment=augment,
         store=store,
         deps=list(deps),
-        identity=identity,
-        key=store.cache.key(f"search-{settings.backend}", identity, deps),
+        data=_describe_data(split),
+    )
+    ctx.key = store.cache.key(f"search-{settings.backend}", ctx.identity, deps)
+    return ctx
+
+
+def _trial_training(settings: SearchSettings, training: TrainSettings) -> TrainSettings:
+    """How every trial trains: the run's settings with the search's epochs and an EarlyStopping on the
+    objective; no LR scheduler and no checkpoint during the search."""
+    mode = "min" if direction(settings.objective) == "minimize" else "max"
+    early = EarlyStoppingSettings(
+        monitor=settings.objective, mode=mode, patience=settings.patience, restore_best_weights=False
+    )
+    return replace(
+        training,
+        epochs=settings.epochs,
+        two_phase=False,
+        tensorboard=False,
+        plot=False,
+        evaluate=False,
+        callbacks=CallbackSettings(early_stopping=early, reduce_lr=None, checkpoint=None),
     )
 
 

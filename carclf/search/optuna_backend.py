@@ -31,47 +31,22 @@ STAGE = "search-optuna"
 SQLITE_TIMEOUT = 60
 
 
-def run_optuna_search(
-    model,
-    train,
-    settings: SearchSettings | None = None,
-    *,
-    model_name=None,
-    hyperparams=None,
-    training=None,
-    seed=0,
-    augment=None,
-    store=None,
-    deps=(),
-    enqueue=(),
-) -> SearchResult:
+def run_optuna_search(model, train, settings: SearchSettings | None = None, *, enqueue=(), **context) -> SearchResult:
     """Optuna search (TPE, median pruning) on the training set; resumable, and parallel across processes.
 
     Run it in one process, or start it in several (on one machine with the default SQLite study, or on
     several with a PostgreSQL ``settings.optuna.storage``) with the same arguments: together they finish
     ``settings.n_trials`` finished (complete or pruned) trials. Arguments as
-    :func:`carclf.search.run_skopt_search`; ``settings.optuna`` holds the storage (default: SQLite at
+    :func:`carclf.search.run_skopt_search` (``context`` goes to :func:`carclf.search.objective.prepare`);
+    ``settings.optuna`` holds the storage (default: SQLite at
     ``pickles/search-optuna/<key>.db``), the study name (default ``<model>-<key>``), the pruner, TPE's
     random start-up trials and the heartbeat of running trials (one silent for the grace period is marked
     failed and re-queued, up to ``max_retry`` times). ``enqueue``: hyperparameter dicts to try first when
     the study is new. With ``settings.optuna.timeout`` the search stops starting trials after that many
     seconds (the result is then not stored).
     """
-    import optuna
-
     settings = replace(settings or SearchSettings(), backend="optuna")
-    ctx = prepare(
-        model,
-        train,
-        settings,
-        model_name=model_name,
-        hyperparams=hyperparams,
-        training=training,
-        seed=seed,
-        augment=augment,
-        store=store,
-        deps=deps,
-    )
+    ctx = prepare(model, train, settings, **context)
     opt = settings.optuna
     study_name = opt.study_name or f"{ctx.model_name}-{ctx.key}"
     shown = "default" if opt.storage is None else _redact(opt.storage)
@@ -85,13 +60,7 @@ def run_optuna_search(
 
     def compute() -> SearchResult:
         sampler = _seeded_tpe_class()(ctx.seed, n_startup_trials=opt.tpe_startup_trials)
-        if opt.pruner:
-            pruner = optuna.pruners.MedianPruner(
-                n_startup_trials=opt.prune_startup_trials, n_warmup_steps=opt.prune_warmup_epochs
-            )
-        else:
-            pruner = optuna.pruners.NopPruner()
-        study, rdb = _open_study(ctx, study_name, sampler, pruner, list(enqueue))
+        study, rdb = _open_study(ctx, study_name, sampler, _pruner(opt), list(enqueue))
         try:
             with timed(ctx):
                 finished = _optuna_worker(ctx, study, settings.n_trials)
@@ -105,6 +74,16 @@ def run_optuna_search(
         return result
 
     return finish(ctx, config, compute)
+
+
+def _pruner(opt):
+    import optuna
+
+    if not opt.pruner:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=opt.prune_startup_trials, n_warmup_steps=opt.prune_warmup_epochs
+    )
 
 
 def suggest(trial, space: dict) -> dict:

@@ -22,20 +22,7 @@ __all__ = ["dimensions", "run_skopt_search"]
 STAGE = "search-skopt"
 
 
-def run_skopt_search(
-    model,
-    train,
-    settings: SearchSettings | None = None,
-    *,
-    model_name=None,
-    hyperparams=None,
-    training=None,
-    seed=0,
-    augment=None,
-    store=None,
-    deps=(),
-    callback=None,
-) -> SearchResult:
+def run_skopt_search(model, train, settings: SearchSettings | None = None, *, callback=None, **context) -> SearchResult:
     """Bayesian search (a Gaussian process, scikit-optimize) on the training set; resumable and extendable.
 
     Args:
@@ -45,31 +32,19 @@ def run_skopt_search(
         settings: the search (:class:`carclf.settings.SearchSettings`; its ``skopt`` group). ``n_trials``
             is how many trials the search should have: finished trials are reused, so more extends a finished
             search and a killed search resumes at its first missing trial.
-        model_name: the name of the trials' runs (default: the model's).
-        hyperparams: fixed model hyperparameters for every trial (``fc_layers``, ``weights``, ...).
-        training: how each trial trains (:class:`carclf.settings.TrainSettings`: batch size, precision...);
-            the search sets its epochs and an EarlyStopping on the objective.
-        seed: seeds the split, the optimizer and every trial's training.
-        augment: an online augmentation hook for the trials' training batches.
-        store, deps: where results live (default ``Store.at()``), and upstream results the search depends on.
         callback: called with each new trial's record.
+        context: what :func:`carclf.search.objective.prepare` takes: ``model_name`` (of the trials' runs),
+            ``hyperparams`` (fixed for every trial: ``fc_layers``, ``weights``...), ``training`` (how each
+            trial trains, :class:`carclf.settings.TrainSettings`; the search sets its epochs and an
+            EarlyStopping on the objective), ``seed`` (the split, the optimizer and every trial's training),
+            ``augment`` (an online augmentation hook), ``store`` and ``deps`` (where results live, and the
+            upstream results the search depends on).
 
     Returns:
         A :class:`SearchResult` (stored through the stage cache; ``json_path`` is its JSON).
     """
     settings = replace(settings or SearchSettings(), backend="skopt")
-    ctx = prepare(
-        model,
-        train,
-        settings,
-        model_name=model_name,
-        hyperparams=hyperparams,
-        training=training,
-        seed=seed,
-        augment=augment,
-        store=store,
-        deps=deps,
-    )
+    ctx = prepare(model, train, settings, **context)
     n_trials = settings.n_trials
     config = {"settings": ctx.identity, "search_key": ctx.key, "n_trials": n_trials}
 

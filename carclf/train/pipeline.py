@@ -198,18 +198,18 @@ def run_model_pipeline(
         seed,
         extra_callbacks,
     )
-    config, deps = run.config(), list(deps)
-    run.key = store.cache.key(f"train-{model_name}", config, deps)
-    stage = f"train-{model_name}"
-    model_file = run.run_dir / f"{model_name}.keras"
-    if store.cache.exists(stage, run.key) and not model_file.is_file():
-        log.warning(
-            "%s: the stored result %s has lost its model file %s; training again", model_name, run.key, model_file
-        )
-        store.cache.invalidate(stage, run.key)
+    return _run_stage(run, list(deps), timer_group)
+
+
+def _run_stage(run: _Run, deps: list, timer_group: str) -> TrainResult:
+    """The run as the stage ``train-<name>``: loaded when it has finished before, else trained and stored."""
+    store, stage = run.store, f"train-{run.model_name}"
+    config = run.config()
+    run.key = store.cache.key(stage, config, deps)
+    _forget_lost_run(run, stage)
 
     def compute():
-        timer = store.timer.stage(model_name, group=timer_group) if store.timer else contextlib.nullcontext()
+        timer = store.timer.stage(run.model_name, group=timer_group) if store.timer else contextlib.nullcontext()
         with timer:
             return _train(run)
 
@@ -217,17 +217,27 @@ def run_model_pipeline(
     if result.loaded:
         log.info(
             "%s: loaded the finished run %s (%d epochs) instead of training",
-            model_name,
+            run.model_name,
             result.key,
             result.value["epochs_run"],
         )
     shutil.rmtree(run.run_dir / "resume", ignore_errors=True)  # the result is stored: no resume needed
     trained = TrainResult.from_value(result.value, result.key, result.loaded, store.paths)
-    if settings.plot and trained.epochs_run and not trained.plot_path.is_file():
+    if run.settings.plot and trained.epochs_run and not trained.plot_path.is_file():
         from carclf.report import plot_history  # the report layer draws the curves, from the stored history
 
-        plot_history(trained.history, model_name, out_path=trained.plot_path)
+        plot_history(trained.history, run.model_name, out_path=trained.plot_path)
     return trained
+
+
+def _forget_lost_run(run: _Run, stage: str) -> None:
+    """A stored result whose model file is gone is trained again rather than handed out."""
+    model_file = run.run_dir / f"{run.model_name}.keras"
+    if run.store.cache.exists(stage, run.key) and not model_file.is_file():
+        log.warning(
+            "%s: the stored result %s has lost its model file %s; training again", run.model_name, run.key, model_file
+        )
+        run.store.cache.invalidate(stage, run.key)
 
 
 def _plan(
@@ -326,19 +336,7 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         metrics=report_metrics(),
         jit_compile=run.device.jit_compile,
     )
-    settings, paths = run.settings, run.store.paths
-    tensorboard_dir = paths.logs / "tensorboard" / run.model_name / run.key if settings.tensorboard else None
-    callbacks = create_callbacks(
-        run.model_name,
-        settings=settings.callbacks,
-        checkpoint_path=run.run_dir / "best.keras",
-        tensorboard_dir=tensorboard_dir,
-        schedule=schedule,
-        learning_rate=run.opt["learning_rate"] * phase["lr_scale"],
-        state_path=run.state_path,
-        extra=run.extra_callbacks,
-        verbose=0 if settings.verbose in (0, False) else 1,
-    )
+    callbacks = _phase_callbacks(run, phase, schedule)
     saver = ResumableState(
         run.state_path,
         key=run.key,
@@ -374,7 +372,7 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
             epochs=phase["end"],
             initial_epoch=start,
             callbacks=callbacks.as_list(saver),
-            verbose=settings.verbose,
+            verbose=run.settings.verbose,
             shuffle=False,
         )
     es = callbacks.early_stopping
@@ -382,6 +380,21 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         model.set_weights(es.best_weights)
     # an early stop of the head phase only starts the fine-tuning sooner; the last phase's decides
     return es is not None and es.stopped_epoch > 0
+
+
+def _phase_callbacks(run: _Run, phase, schedule):
+    settings, paths = run.settings, run.store.paths
+    return create_callbacks(
+        run.model_name,
+        settings=settings.callbacks,
+        checkpoint_path=run.run_dir / "best.keras",
+        tensorboard_dir=paths.logs / "tensorboard" / run.model_name / run.key if settings.tensorboard else None,
+        schedule=schedule,
+        learning_rate=run.opt["learning_rate"] * phase["lr_scale"],
+        state_path=run.state_path,
+        extra=run.extra_callbacks,
+        verbose=0 if settings.verbose in (0, False) else 1,
+    )
 
 
 def _finish(run: _Run, model, history, clock, stopped_early, resumed_from) -> dict:

@@ -1,50 +1,32 @@
-"""The stage cache: the one place that decides where a stage's result lives.
-
-Every intermediate result of the notebook is a *stage*: a name, a config (plain
-data) and the keys of the upstream results it was computed from. Its key is a
-hash of all three, so changing one stage's config recomputes that stage and
-everything downstream of it, and nothing else. Results live under ``root``::
-
-    root/<stage>/<key>.pkl         the result (written atomically)
-    root/<stage>/<key>.json        what the pickle holds, for people
-    root/<stage>/<key>/            large non-pickle files of that result
-    root/<stage>/<key>.parts/      finished units of a result still being built
-
-Nothing here is ever half-written: every file goes through :func:`atomic_write`
-or :func:`atomic_pickle` (temp file in the same folder, fsync, ``os.replace``).
-"""
+"""The stage cache: the one place that decides where a stage's result lives (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime as _dt
-import enum
 import hashlib
 import json
 import logging
-import math
-import os
-import pickle
 import re
-import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from carclf.cache.files import TMP_SUFFIX, atomic_pickle, atomic_write, load_pickle
+from carclf.cache.keys import canonical, config_hash
+
 log = logging.getLogger("carclf.cache")
+
+__all__ = ["CACHE_FORMAT", "NotComputedError", "StageCache", "StageResult", "unit_filename"]
 
 #: Bumped when the layout or the meaning of stored results changes; part of every key.
 CACHE_FORMAT = 1
 
-#: Length of the hex digests used as keys (64 bits).
-KEY_LENGTH = 16
-
-_TMP_SUFFIX = ".tmp"
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -55,194 +37,6 @@ class NotComputedError(LookupError):
     def __init__(self, stage: str, key: str, path: Path):
         super().__init__(f"stage {stage} has no stored result (expected {path})")
         self.stage, self.key, self.path = stage, key, path
-
-
-# --------------------------------------------------------------------------- #
-# Atomic writes
-# --------------------------------------------------------------------------- #
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every OS allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_beside(path: Path):
-    """Create ``.<name>.<random>.tmp`` beside ``path`` (mode 0o666 less the umask)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode: str = "wb", durable: bool = True):
-    """Open a temp file beside ``path``; on a clean exit it replaces ``path``.
-
-    Readers see either the old file or the whole new one: the rename is atomic.
-    If the body raises, the temp file is removed and ``path`` is left
-    untouched. (A SIGKILL can leave a ``.<name>.*.tmp`` file behind; it is
-    never mistaken for a result.)
-
-    ``durable=True`` also fsyncs the file and its folder, so the result
-    survives a power cut, not just a killed process. Writers of many small
-    files (augmented images) pass ``durable=False`` and sync once per batch of
-    files instead: a per-file fsync costs more than the work.
-    """
-    if "w" not in mode:
-        raise ValueError(f"atomic_open writes only, got mode {mode!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def atomic_write(path, data: bytes, durable: bool = True) -> Path:
-    """Write ``data`` to ``path`` so that a crash never leaves a partial file (see :func:`atomic_open`)."""
-    with atomic_open(path, "wb", durable=durable) as handle:
-        handle.write(data)
-    return Path(path)
-
-
-def atomic_pickle(path, obj) -> Path:
-    """Pickle ``obj`` to ``path`` atomically (streamed, not built in memory)."""
-    with atomic_open(path, "wb") as handle:
-        pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    return Path(path)
-
-
-def load_pickle(path):
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
-
-
-# --------------------------------------------------------------------------- #
-# Config hashing
-# --------------------------------------------------------------------------- #
-
-
-def _where(trail: str) -> str:
-    return trail or "config"
-
-
-def canonical(value, _trail: str = ""):
-    """``value`` as plain JSON data: the form :func:`config_hash` digests.
-
-    dict keys are sorted by json (non-str keys become their JSON text), tuples
-    and lists become lists, sets become sorted lists, Paths become strings,
-    numpy scalars and arrays become Python numbers and lists, dataclasses and
-    enums their fields and values. Anything else raises TypeError naming the
-    key where it was found.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, enum.Enum):
-        return canonical(value.value, _trail)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, np.generic):
-        return canonical(value.item(), _trail)
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise TypeError(f"cannot hash object array at {_where(_trail)}")
-        return canonical(value.tolist(), _trail)
-    if isinstance(value, PurePath):
-        return value.as_posix()
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if isinstance(k, str):
-                name = k
-            elif k is None or isinstance(k, (bool, int, float, np.generic)):
-                name = json.dumps(canonical(k))
-            else:
-                raise TypeError(f"cannot hash dict key {k!r} ({type(k).__name__}) at {_where(_trail)}")
-            if name in out:
-                raise TypeError(f"dict keys {k!r} and {name!r} collide at {_where(_trail)}")
-            out[name] = canonical(v, f"{_trail}[{k!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [canonical(v, f"{_trail}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, (set, frozenset)):
-        items = [canonical(v, f"{_trail}{{}}") for v in value]
-        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # A field marked key=False (carclf.settings) says how to run, not what is computed.
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.metadata.get("key", True)}
-        return {"__dataclass__": type(value).__qualname__, **canonical(fields, _trail)}
-    raise TypeError(
-        f"cannot hash {type(value).__name__} value {value!r:.80} at {_where(_trail)}: "
-        "configs must be plain data (str, numbers, bool, None, lists, tuples, dicts, Paths)"
-    )
-
-
-def qualname(obj) -> str:
-    """``module.QualifiedName`` of a function or class (how keys and logs name a builder or a hook)."""
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
-
-
-def native(value):
-    """A numpy scalar as the Python number it holds; anything else as it is."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def json_safe(value):
-    """``value`` for ``json.dumps(allow_nan=False)``: numpy scalars as numbers, non-finite floats as None,
-    Paths and timestamps as strings, containers walked."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    value = native(value)
-    if type(value).__name__ in ("NaTType", "NAType"):  # pandas' missing values, without importing pandas
-        return None
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (PurePath, _dt.datetime)):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return json_safe(canonical(value))
-    return value
-
-
-def canonical_json(config) -> str:
-    return json.dumps(canonical(config), sort_keys=True, separators=(",", ":"), allow_nan=True)
-
-
-def config_hash(config, length: int = KEY_LENGTH) -> str:
-    """A stable short hex digest of ``config`` (sha256 of its canonical JSON)."""
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()[:length]
-
-
-# --------------------------------------------------------------------------- #
-# The stage cache
-# --------------------------------------------------------------------------- #
 
 
 @dataclass(frozen=True)
@@ -257,7 +51,7 @@ class StageResult:
 
 
 def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME_OK.match(name) or name.endswith(_TMP_SUFFIX):
+    if not isinstance(name, str) or not _NAME_OK.match(name) or name.endswith(TMP_SUFFIX):
         raise ValueError(f"{kind} name {name!r} must be letters, digits, '_', '.', '-'")
     return name
 
@@ -540,21 +334,3 @@ class StageCache:
                 )
         frame = pd.DataFrame(rows, columns=["stage", "key", "size", "written", "complete"])
         return frame.astype({"size": "int64", "complete": "bool"})
-
-
-__all__ = [
-    "CACHE_FORMAT",
-    "NotComputedError",
-    "StageCache",
-    "StageResult",
-    "atomic_open",
-    "atomic_pickle",
-    "atomic_write",
-    "canonical",
-    "config_hash",
-    "json_safe",
-    "load_pickle",
-    "native",
-    "qualname",
-    "unit_filename",
-]

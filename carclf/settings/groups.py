@@ -1,0 +1,258 @@
+"""The settings groups: one frozen dataclass per concern, each field with its default and its check."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
+from typing import Any
+
+from carclf.settings.checks import (
+    MODEL_NAMES,
+    Settings,
+    alpha_switch,
+    boolean,
+    is_int,
+    model_name,
+    model_names,
+    nested,
+    non_negative,
+    non_negative_int,
+    number_in,
+    one_of,
+    optional,
+    path_text,
+    positive,
+    positive_int,
+    rate,
+    setting,
+    size_pair,
+    text,
+    trainable,
+    units,
+)
+
+
+@dataclass(frozen=True)
+class SyntheticSettings(Settings):
+    """The synthetic stand-in for Stanford Cars (``carclf.synthetic.make_synthetic``)."""
+
+    n_classes: int = setting(10, positive_int)
+    per_class_train: int = setting(16, positive_int)
+    per_class_test: int = setting(8, positive_int)
+    seed: int = setting(0, non_negative_int)
+
+
+@dataclass(frozen=True)
+class DecodeSettings(Settings):
+    """How each image becomes the model's input (the decoded cache's key)."""
+
+    image_size: tuple = setting((224, 224), size_pair)
+    crop: str = setting("box", one_of("box", "full"))
+    margin: float = setting(0.08, non_negative)
+
+
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    """The dataset: ``"synthetic"`` or its folder (relative to the workspace root), and how it is decoded."""
+
+    dataset: str = setting("data/stanford_cars", path_text)
+    synthetic: SyntheticSettings = setting(check=nested(SyntheticSettings), factory=SyntheticSettings)
+    decode: DecodeSettings = setting(check=nested(DecodeSettings), factory=DecodeSettings)
+
+
+@dataclass(frozen=True)
+class AugmentSettings(Settings):
+    """The report's step 8: ``augmentation`` offline (the report's), online (per batch) or none; CutMix, MixUp."""
+
+    augmentation: str = setting("offline", one_of("offline", "online", "none"))
+    n_variants: int = setting(1, positive_int)
+    pipeline: str = setting("report", one_of("report"))
+    cutmix: Any = setting(False, alpha_switch)
+    mixup: Any = setting(False, alpha_switch)
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSettings(Settings):
+    monitor: str = setting("val_loss", text)
+    mode: str = setting("min", one_of("min", "max"))
+    patience: int = setting(5, non_negative_int)
+    min_delta: float = setting(0.0, non_negative)
+    restore_best_weights: bool = setting(True, boolean)
+
+
+@dataclass(frozen=True)
+class ReduceLRSettings(Settings):
+    monitor: str = setting("val_loss", text)
+    mode: str = setting("min", one_of("min", "max"))
+    factor: float = setting(0.2, number_in(0.0, 1.0, low_open=True, high_open=True))
+    patience: int = setting(2, non_negative_int)
+    min_delta: float = setting(1e-4, non_negative)
+    cooldown: int = setting(0, non_negative_int)
+    min_lr: float = setting(0.0, non_negative)
+
+
+@dataclass(frozen=True)
+class CheckpointSettings(Settings):
+    monitor: str = setting("val_top3_accuracy", text)
+    mode: str = setting("max", one_of("min", "max"))
+
+
+@dataclass(frozen=True)
+class CallbackSettings(Settings):
+    """The report's callbacks (``create_callbacks``); ``None`` leaves one out."""
+
+    early_stopping: EarlyStoppingSettings | None = setting(
+        check=nested(EarlyStoppingSettings, allow_none=True), factory=EarlyStoppingSettings
+    )
+    reduce_lr: ReduceLRSettings | None = setting(
+        check=nested(ReduceLRSettings, allow_none=True), factory=ReduceLRSettings
+    )
+    checkpoint: CheckpointSettings | None = setting(
+        check=nested(CheckpointSettings, allow_none=True), factory=CheckpointSettings
+    )
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    """How a model trains (the report's "Model Pipeline")."""
+
+    batch_size: int = setting(32, positive_int)
+    epochs: int = setting(22, positive_int)
+    accum_steps: int | None = setting(None, optional(non_negative_int))
+    two_phase: bool = setting(False, boolean)
+    head_epochs: int | None = setting(None, optional(positive_int))
+    finetune_lr_scale: float = setting(0.1, positive)
+    callbacks: CallbackSettings = setting(check=nested(CallbackSettings), factory=CallbackSettings)
+    mixed_precision: Any = setting(
+        "auto", one_of("auto", True, False, "float32", "float16", "mixed_float16", "bfloat16", "mixed_bfloat16")
+    )
+    jit_compile: Any = setting("auto", one_of("auto", True, False))
+    # How to run, not what is computed: not in stage keys.
+    verbose: Any = setting("auto", one_of("auto", 0, 1, 2, True, False), key=False)
+    tensorboard: bool = setting(True, boolean, key=False)
+    plot: bool = setting(True, boolean, key=False)
+    evaluate: bool = setting(True, boolean, key=False)
+
+
+@dataclass(frozen=True)
+class Hyperparams(Settings):
+    """The report's hyperparameters of one run: the optimizer's and the builders' (docs/models.md)."""
+
+    optimizer_type: str = setting("Adam", one_of("Adam", "SGD", "RMSprop", "Adagrad"))
+    learning_rate: float = setting(1e-4, non_negative)
+    beta_1: float = setting(0.9, rate)
+    beta_2: float = setting(0.999, rate)
+    epsilon: float = setting(1e-7, positive)
+    decay: float = setting(1e-6, non_negative)
+    weight_decay: float | None = setting(None, optional(non_negative))
+    momentum: float = setting(0.0, rate)
+    rho: float = setting(0.9, rate)
+    dropout: float = setting(0.5, rate)
+    spatial_dropout: float = setting(0.2, rate)
+    fc_layers: tuple = setting((512,), units)
+    x_trainable: Any = setting("all", trainable)
+    weights: str | None = setting(None, optional(path_text))
+    new_weights: str | None = setting(None, optional(path_text))
+
+    def as_dict(self) -> dict:
+        """The report's ``hyperparams`` dict (``fc_layers`` as a list, as the report wrote it)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["fc_layers"] = list(values["fc_layers"])
+        return values
+
+
+def _hyperparams_by_model(value):
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a dict of model name -> {hyperparameter: value}")
+    known = {f.name for f in fields(Hyperparams)}
+    out = {}
+    for name, changes in value.items():
+        model_name(name)
+        if not isinstance(changes, Mapping):
+            raise ValueError(f"{name!r} must map to a dict of hyperparameters")
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"{name!r} has unknown hyperparameters {unknown}; known: {', '.join(sorted(known))}")
+        replace(Hyperparams(), **changes)  # checks the values
+        out[name] = MappingProxyType(dict(changes))
+    return MappingProxyType(out)
+
+
+@dataclass(frozen=True)
+class SkoptSettings(Settings):
+    """scikit-optimize's ``Optimizer``: random points before the Gaussian process, the acquisition function."""
+
+    n_initial_points: int = setting(10, positive_int)
+    acq_func: str = setting("gp_hedge", one_of("gp_hedge", "EI", "LCB", "PI"))
+
+
+@dataclass(frozen=True)
+class OptunaSettings(Settings):
+    """Optuna's study: where it is stored, TPE, the pruner, the heartbeat of parallel workers."""
+
+    storage: str | None = setting(None, optional(text), key=False)
+    study_name: str | None = setting(None, optional(text), key=False)
+    pruner: str | None = setting("median", one_of("median", None))
+    prune_startup_trials: int = setting(5, non_negative_int)
+    prune_warmup_epochs: int = setting(1, non_negative_int)
+    tpe_startup_trials: int = setting(10, non_negative_int)
+    heartbeat_interval: int = setting(60, positive_int, key=False)
+    grace_period: int | None = setting(None, optional(positive_int), key=False)
+    max_retry: int | None = setting(3, optional(non_negative_int), key=False)
+    timeout: float | None = setting(None, optional(positive), key=False)
+
+
+def _subsample(value):
+    if is_int(value):
+        return positive_int(value)
+    return number_in(0.0, 1.0, low_open=True)(value)
+
+
+def _objective(value):
+    if not isinstance(value, str) or not value.startswith("val_"):
+        raise ValueError("must be a validation metric such as 'val_loss' or 'val_top3_accuracy'")
+    return value
+
+
+@dataclass(frozen=True)
+class SearchSettings(Settings):
+    """The report's step 10 on a validation split of the training set; one group per backend."""
+
+    backend: str = setting("skopt", one_of("skopt", "optuna"))
+    model: str = setting("resnet50", model_name)
+    n_trials: int = setting(20, positive_int)
+    epochs: int = setting(5, positive_int)
+    patience: int = setting(2, positive_int)
+    objective: str = setting("val_loss", _objective)
+    adam_only: bool = setting(True, boolean)
+    validation_fraction: float = setting(0.2, number_in(0.0, 1.0, low_open=True, high_open=True))
+    subsample: Any = setting(None, optional(_subsample))
+    input_size: tuple | None = setting(None, optional(size_pair))
+    keep_trials: bool = setting(False, boolean, key=False)
+    skopt: SkoptSettings = setting(check=nested(SkoptSettings), factory=SkoptSettings)
+    optuna: OptunaSettings = setting(check=nested(OptunaSettings), factory=OptunaSettings)
+
+    @property
+    def backend_settings(self):
+        """The chosen backend's own group (the other backend's never reaches a search)."""
+        return getattr(self, self.backend)
+
+
+@dataclass(frozen=True)
+class RunSettings(Settings):
+    """Everything a profile decides."""
+
+    profile: str = setting("full", text)
+    models: tuple = setting(MODEL_NAMES, model_names)
+    seed: int = setting(0, non_negative_int)
+    data: DataSettings = setting(check=nested(DataSettings), factory=DataSettings)
+    augment: AugmentSettings = setting(check=nested(AugmentSettings), factory=AugmentSettings)
+    train: TrainSettings = setting(check=nested(TrainSettings), factory=TrainSettings)
+    hyperparams: Hyperparams = setting(check=nested(Hyperparams), factory=Hyperparams)
+    hyperparams_by_model: Mapping = setting(check=_hyperparams_by_model, factory=dict)
+    search: SearchSettings = setting(check=nested(SearchSettings), factory=SearchSettings)
+
+    def hyperparams_for(self, name) -> Hyperparams:
+        """The default hyperparameters of model ``name``: the profile's, its own overrides on top."""
+        return replace(self.hyperparams, **self.hyperparams_by_model.get(name, {}))
