@@ -111,14 +111,22 @@ def _train(args):
 
 def _evaluate(args):
     from carclf import workflow
+    from carclf.stats import wilson_interval
 
     ws = _workspace(args)
     row = workflow.trained_run(ws, args.model, args.hyperparams)
     evaluation = workflow.evaluate_run(ws, row)
     stem = f"{row['model']}_{row['hyperparams']}"
     workflow.plot_evaluation(ws, row["model"], row["hyperparams"], evaluation, stem=stem)
-    print(f"{row['model']} with the {row['hyperparams']} hyperparameters, on {len(evaluation.y_true)} test images")
+    n, accuracy = len(evaluation.y_true), evaluation.metrics["accuracy"]
+    low, high = wilson_interval(round(accuracy * n), n, ws.settings.evaluation.confidence)
+    chosen = "" if args.model else f" (the best run by {_selection(row)})"
+    print(f"{row['model']} with the {row['hyperparams']} hyperparameters{chosen}, on {n} test images")
+    print(workflow.protocol_summary(ws))
+    print(f"test accuracy {accuracy:.4f} [{low:.4f}, {high:.4f}] ({ws.settings.evaluation.confidence:.0%} interval)")
     print(evaluation.classification_report_text)
+    print("accuracy by level and the kinds of mistakes:")
+    _print_table(_mistakes_frame(evaluation.mistakes()))
     print("most confused pairs:")
     _print_table(evaluation.most_confused(10))
     print(
@@ -128,12 +136,50 @@ def _evaluate(args):
     return 0
 
 
+def _selection(row):
+    return "validation accuracy" if row.get("validation") == "split" else "test accuracy (the report's protocol)"
+
+
+def _mistakes_frame(mistakes):
+    import pandas as pd
+
+    return pd.Series(mistakes, name="value").to_frame()
+
+
+#: The comparison's columns on a terminal, in this order (the CSV under reports/ holds them all).
+_REPORT_COLUMNS = (
+    "validation",
+    "kept_epoch",
+    "val_accuracy",
+    "val_loss",
+    "accuracy",
+    "accuracy_low",
+    "accuracy_high",
+    "top3_accuracy",
+    "top5_accuracy",
+    "loss",
+    "best",
+    "p_vs_best",
+    "differs_from_best",
+    "p_vs_default",
+    "differs_from_default",
+    "epochs_run",
+    "wall_min",
+)
+
+
 def _report(args):
     from carclf import workflow
 
     ws = _workspace(args)
     table = workflow.write_report(ws)
-    _print_table(table.drop(columns=["train_key", "loaded"]).set_index(["model", "hyperparams"]))
+    print(workflow.protocol_summary(ws))
+    shown = [c for c in _REPORT_COLUMNS if c in table.columns]
+    _print_table(table.set_index(["model", "hyperparams"])[shown])
+    print(
+        "* intervals are Wilson's (or bootstrap) at the confidence above; p-values are McNemar's exact test on "
+        "the same test images; differs_* is False where the difference is not significant"
+    )
     missing = table.attrs["missing"]
     if missing:
         print("not trained yet: " + ", ".join(f"{name} ({label})" for name, label in missing))

@@ -75,9 +75,27 @@ def _decode(path, box, settings: DecodeSettings, expect_wh=None):
         if right <= left or bottom <= top:
             raise ValueError(f"empty crop box {tuple(box)} for image {path} ({width}x{height})")
         image = image[top:bottom, left:right]
-    out_h, out_w = settings.image_size
-    image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(fit_to(image, settings.image_size, settings.resize), cv2.COLOR_BGR2RGB)
+
+
+def fit_to(image: np.ndarray, size, resize: str = "stretch") -> np.ndarray:
+    """``image`` at ``size`` (height, width): ``"stretch"`` whatever its aspect, ``"pad"`` letterboxed (its
+    aspect kept, the rest black), ``"center"`` its short side to the size and the centre cropped."""
+    out_h, out_w = size
+    height, width = image.shape[:2]
+    if resize == "stretch":
+        return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    scale = (min if resize == "pad" else max)(out_w / width, out_h / height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    scaled = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA).reshape(new_h, new_w, -1)
+    if resize == "center":
+        top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+        cropped = np.ascontiguousarray(scaled[top : top + out_h, left : left + out_w])
+        return cropped.reshape((out_h, out_w, *image.shape[2:]))
+    canvas = np.zeros((out_h, out_w, scaled.shape[2]), dtype=image.dtype)
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = scaled
+    return canvas.reshape((out_h, out_w, *image.shape[2:]))
 
 
 def decode_image(path, box=None, settings: DecodeSettings | None = None) -> np.ndarray:
@@ -345,6 +363,7 @@ __all__ = [
     "build_decoded_cache",
     "crop_window",
     "decode_image",
+    "fit_to",
     "frame_fingerprint",
     "open_decoded",
 ]

@@ -27,8 +27,20 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix
 
 from carclf.metrics import report_metrics
+from carclf.names import mistake_kinds
+from carclf.stats import interval, mcnemar, wilson_interval
 
-__all__ = ["EvaluationResult", "comparison_table", "evaluate_model", "evaluate_predictions", "top_k"]
+__all__ = [
+    "EvaluationResult",
+    "add_uncertainty",
+    "comparison_table",
+    "evaluate_model",
+    "evaluate_predictions",
+    "labels_in_order",
+    "predict_probabilities",
+    "selection_metric",
+    "top_k",
+]
 
 
 @dataclass
@@ -83,6 +95,23 @@ class EvaluationResult:
         with np.errstate(invalid="ignore", divide="ignore"):
             acc = np.where(totals > 0, np.diag(cm) / np.maximum(totals, 1), np.nan)
         return pd.Series(acc, index=pd.Index(self.class_names, name="class"), name="accuracy")
+
+    def per_class(self, confidence: float = 0.95) -> pd.DataFrame:
+        """Per class: its test images (``support``), its accuracy and the accuracy's Wilson interval."""
+        support = np.bincount(self.y_true, minlength=self.num_classes)
+        right = np.bincount(self.y_true[self.y_pred == self.y_true], minlength=self.num_classes)
+        bounds = [wilson_interval(r, n, confidence) for r, n in zip(right, support)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            accuracy = np.where(support > 0, right / np.maximum(support, 1), np.nan)
+        return pd.DataFrame(
+            {"support": support, "accuracy": accuracy, "low": [b[0] for b in bounds], "high": [b[1] for b in bounds]},
+            index=pd.Index(self.class_names, name="class"),
+        )
+
+    def mistakes(self) -> dict:
+        """Accuracy at make-and-model and make level, and the share of each kind of mistake
+        (:func:`carclf.names.mistake_kinds`)."""
+        return mistake_kinds(self.y_true, self.y_pred, self.class_names)
 
     def most_confused(self, n: int = 10) -> pd.DataFrame:
         """The ``n`` (true, predicted) pairs of different classes seen most often.
@@ -181,7 +210,53 @@ def evaluate_predictions(y_true, probabilities, class_names=None) -> EvaluationR
     return EvaluationResult(class_names, y_true, probabilities, metrics)
 
 
-def _labels_in_order(generator) -> np.ndarray:
+def selection_metric(table: pd.DataFrame) -> str:
+    """What picks the best run: validation accuracy, or test accuracy under the report's protocol."""
+    if "validation" in table.columns and (table["validation"] == "split").all() and "val_accuracy" in table.columns:
+        return "val_accuracy"
+    return "accuracy"
+
+
+def add_uncertainty(table: pd.DataFrame, probabilities: list, y_true, settings, seed: int = 0) -> pd.DataFrame:
+    """``table`` (one row per run, all tested on the same images) with intervals and paired tests.
+
+    ``probabilities[i]`` are row ``i``'s test predictions, ``settings`` a ``carclf.settings.EvalSettings``
+    (interval method, confidence). Adds, per run: ``<metric>_low`` / ``<metric>_high`` for accuracy, top-3
+    and top-5 accuracy; ``best`` (the run :func:`selection_metric` picks); ``p_vs_best`` and
+    ``differs_from_best`` (McNemar's exact test against the best run, at 1 - confidence); ``p_vs_default``
+    and ``differs_from_default`` (an optimal run against the default run of the same model); ``n_test``.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    table = table.reset_index(drop=True).copy()
+    hits = [_hits(p, y_true) for p in probabilities]
+    for k, name in ((1, "accuracy"), (3, "top3_accuracy"), (5, "top5_accuracy")):
+        bounds = [
+            interval(h[k], settings.interval, settings.confidence, settings.bootstrap_resamples, seed) for h in hits
+        ]
+        table[f"{name}_low"], table[f"{name}_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    alpha = 1 - settings.confidence
+    best = int(table[selection_metric(table)].astype(float).idxmax())
+    table["best"] = table.index == best
+    table["p_vs_best"] = [mcnemar(h[1], hits[best][1])["p_value"] for h in hits]
+    table["differs_from_best"] = table["p_vs_best"] < alpha
+    table.loc[best, "differs_from_best"] = False
+    defaults = {m: i for i, (m, label) in enumerate(zip(table["model"], table["hyperparams"])) if label == "default"}
+    p_default = [
+        mcnemar(h[1], hits[defaults[m]][1])["p_value"] if label == "optimal" and m in defaults else np.nan
+        for h, m, label in zip(hits, table["model"], table["hyperparams"])
+    ]
+    table["p_vs_default"] = p_default
+    table["differs_from_default"] = table["p_vs_default"] < alpha
+    table["n_test"] = len(y_true)
+    return table
+
+
+def _hits(probabilities, y_true) -> dict:
+    top = np.argsort(-np.asarray(probabilities), axis=1, kind="stable")[:, :5]
+    return {k: (top[:, :k] == y_true[:, None]).any(axis=1) for k in (1, 3, 5)}
+
+
+def labels_in_order(generator) -> np.ndarray:
     """The class ids of every batch, in order, without reading images where possible."""
     split = getattr(generator, "split", None)
     if split is not None and hasattr(generator, "batch_indices") and getattr(generator, "mix", None) is None:
@@ -189,19 +264,35 @@ def _labels_in_order(generator) -> np.ndarray:
     return np.concatenate([np.asarray(generator[i][1]).argmax(axis=1) for i in range(len(generator))])
 
 
-def evaluate_model(model, test_generator, class_names=None, verbose=0) -> EvaluationResult:
-    """Predict ``test_generator`` with ``model`` and evaluate (see the module docstring).
+def predict_probabilities(model, generator, tta: bool = False) -> np.ndarray:
+    """The model's class probabilities for every image of ``generator``, in order (float32).
 
-    Raises ``ValueError`` for a shuffled generator: its order would change
-    between reading the labels and predicting.
+    With ``tta``, the mean of the probabilities for each image and its horizontal flip.
     """
-    if getattr(test_generator, "shuffle", False):
+    if getattr(generator, "shuffle", False):
         raise ValueError(
-            "evaluate_model needs an unshuffled generator (shuffle=False): the order of the "
+            "predictions need an unshuffled generator (shuffle=False): the order of the "
             "predictions must match the order of the labels"
         )
-    probabilities = model.predict(test_generator, verbose=verbose)
-    y_true = _labels_in_order(test_generator)
+    out = []
+    for index in range(len(generator)):
+        images = np.asarray(generator[index][0])
+        probabilities = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(images)), dtype=np.float32)
+        if tta:
+            flipped = np.ascontiguousarray(images[:, :, ::-1])
+            probabilities = (probabilities + keras.ops.convert_to_numpy(model.predict_on_batch(flipped))) / 2
+        out.append(probabilities.astype(np.float32))
+    return np.concatenate(out) if out else np.empty((0, model.output_shape[-1]), dtype=np.float32)
+
+
+def evaluate_model(model, test_generator, class_names=None, verbose=0, tta: bool = False) -> EvaluationResult:
+    """Predict ``test_generator`` with ``model`` (``tta``: also its horizontal flips) and evaluate.
+
+    Raises ``ValueError`` for a shuffled generator: its order would change between reading the labels and
+    predicting.
+    """
+    probabilities = predict_probabilities(model, test_generator, tta=tta)
+    y_true = labels_in_order(test_generator)
     if len(y_true) != len(probabilities):
         raise ValueError(f"the generator gave {len(probabilities)} predictions for {len(y_true)} labels")
     if class_names is None:

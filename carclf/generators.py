@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from carclf.augment import PIPELINES, AugmentedSet, OnlineAugment, batch_mixer, build_augmented_set
 from carclf.cache import canonical, qualname
 from carclf.settings import AugmentSettings, DecodeSettings, check_positive_int
-from carclf.splits import ConcatSplit
+from carclf.splits import ConcatSplit, SplitView, validation_split
 
 
 class ImageBatches(keras.utils.PyDataset):
@@ -153,20 +154,34 @@ def _splits(decoded, cache, input_shape, progress):
     return train, test
 
 
+class Generators(NamedTuple):
+    """The batches of one run: training, validation (what selects epochs and runs) and test (read once)."""
+
+    train: ImageBatches
+    validation: ImageBatches
+    test: ImageBatches
+
+    @property
+    def protocol(self) -> str:
+        """``"split"`` (a validation split of the training set) or ``"test"`` (the report's: the test set)."""
+        return "test" if self.validation is self.test else "split"
+
+
 def make_generators(
     decoded,
     settings: AugmentSettings | None = None,
     *,
     batch_size=32,
     seed=0,
+    validation_fraction=None,
     augmented=None,
     cache=None,
     input_shape=None,
     include_originals=True,
     progress=True,
     **pydataset_kwargs,
-):
-    """The report's ``train_generator`` and ``test_generator``: ``(train_gen, test_gen)``.
+) -> Generators:
+    """The report's ``train_generator`` and ``test_generator``, and the validation batches: a :class:`Generators`.
 
     Args:
         decoded: ``build_decoded_cache``'s dict (its "train" and "test"), a ``(train, test)`` pair of
@@ -176,47 +191,69 @@ def make_generators(
             originals plus the augmented set's variants, ``augmented``), "online" (the pipeline applied to
             each training batch as it is read) or "none"; CutMix and MixUp (off, as in the report).
         batch_size: images per batch; the last batch of an epoch holds the rest.
-        seed: the per-epoch order and the per-batch augmentation/mixing.
-        augmented: for "offline": the :class:`~carclf.augment.AugmentedSet` or an already decoded split of
-            it. When None and ``cache`` is given, the set is built here with ``settings``.
+        seed: the per-epoch order, the per-batch augmentation/mixing and the validation split.
+        validation_fraction: a stratified, seeded share of the training images held out as the validation
+            batches (:func:`carclf.splits.validation_split`), their augmented variants left out of training
+            too. ``None``: the report's protocol, the test batches are the validation batches.
+        augmented: for "offline": the :class:`~carclf.augment.AugmentedSet` (or, without a validation split,
+            an already decoded split of it). When None and ``cache`` is given, the set is built here.
         input_shape: (height, width[, 3]) the model takes; checked against the decoded images.
         include_originals: "offline" trains on originals + variants (default) or on the variants only.
         **pydataset_kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
 
-    Every training row (originals and variants) comes once per epoch, in a new order each epoch; the test
-    generator reads the test split as it is, in order.
+    Every training row (originals and variants) comes once per epoch, in a new order each epoch; the
+    validation and test batches read their rows as they are, in order, never augmented or mixed.
     """
     settings = settings or AugmentSettings()
-    mode = settings.augmentation
     train, test = _splits(decoded, cache, input_shape, progress)
     if test.split == "train":
         raise ValueError("the test generator got the training split")
-    _check_input_shape(input_shape, train, "decoded training")
-    _check_input_shape(input_shape, test, "decoded test")
+    for split, name in ((train, "decoded training"), (test, "decoded test")):
+        _check_input_shape(input_shape, split, name)
     if tuple(train.image_size) != tuple(test.image_size):
         raise ValueError(f"train and test images differ in size: {train.image_size} and {test.image_size}")
-
-    augment = None
-    if mode == "offline":
-        if augmented is None:
-            if cache is None:
-                raise ValueError(
-                    "augmentation='offline' needs the augmented set: pass augmented=build_augmented_set(...) "
-                    "(or cache= to build it here), or choose augmentation='online' or 'none'"
-                )
-            augmented = build_augmented_set(train, cache, settings, seed, progress=progress)
-        variants = augmented.to_split(cache, progress=progress) if isinstance(augmented, AugmentedSet) else augmented
-        _check_input_shape(input_shape, variants, "augmented")
-        train = ConcatSplit([train, variants] if include_originals else [variants])
-    elif augmented is not None:
-        raise ValueError(f"augmented= is used with augmentation='offline' only, not {mode!r}")
-    if mode == "online":
-        augment = OnlineAugment(PIPELINES[settings.pipeline])
-
+    held_out = None
+    if validation_fraction is not None:
+        class_names = getattr(train, "class_names", None)
+        train, held_out = validation_split(train, validation_fraction, seed, class_names=class_names)
+    train = _training_rows(train, held_out, settings, seed, augmented, cache, input_shape, include_originals, progress)
+    augment = OnlineAugment(PIPELINES[settings.pipeline]) if settings.augmentation == "online" else None
     mix = batch_mixer(settings.cutmix, settings.mixup)
     train_gen = ImageBatches(train, batch_size, shuffle=True, seed=seed, augment=augment, mix=mix, **pydataset_kwargs)
     test_gen = ImageBatches(test, batch_size, shuffle=False, seed=seed, **pydataset_kwargs)
-    return train_gen, test_gen
+    if held_out is None:
+        return Generators(train_gen, test_gen, test_gen)
+    val_gen = ImageBatches(held_out, batch_size, shuffle=False, seed=seed, **pydataset_kwargs)
+    return Generators(train_gen, val_gen, test_gen)
+
+
+def _training_rows(train, held_out, settings, seed, augmented, cache, input_shape, include_originals, progress):
+    """The rows training reads: the training split and, offline, the variants of its images (not of the
+    validation images)."""
+    if settings.augmentation != "offline":
+        if augmented is not None:
+            raise ValueError(f"augmented= is used with augmentation='offline' only, not {settings.augmentation!r}")
+        return train
+    if augmented is None:
+        if cache is None:
+            raise ValueError(
+                "augmentation='offline' needs the augmented set: pass augmented=build_augmented_set(...) "
+                "(or cache= to build it here), or choose augmentation='online' or 'none'"
+            )
+        augmented = build_augmented_set(
+            train.parent if held_out is not None else train, cache, settings, seed, progress=progress
+        )
+    if isinstance(augmented, AugmentedSet):
+        variants = augmented.to_split(cache, progress=progress)
+        if held_out is not None:  # a validation image's variants must not be trained on
+            kept = ~np.isin(augmented.manifest["row"].to_numpy(), held_out.indices)
+            variants = SplitView(variants, np.flatnonzero(kept), "augmented")
+    elif held_out is not None:
+        raise ValueError("a validation split needs the AugmentedSet (its manifest names each variant's source)")
+    else:
+        variants = augmented
+    _check_input_shape(input_shape, variants, "augmented")
+    return ConcatSplit([train, variants] if include_originals else [variants])
 
 
 def describe_hook(obj):
@@ -257,4 +294,4 @@ def describe_generator(generator) -> dict:
     return desc
 
 
-__all__ = ["ImageBatches", "describe_generator", "describe_hook", "make_generators"]
+__all__ = ["Generators", "ImageBatches", "describe_generator", "describe_hook", "make_generators"]

@@ -41,6 +41,7 @@ __all__ = [
     "plot_history",
     "plot_importance",
     "plot_timings",
+    "protocol_text",
     "save_figure",
     "timing_table",
 ]
@@ -74,7 +75,7 @@ def _history_dict(history) -> dict:
     return dict(history)
 
 
-def plot_history(history, model_name: str, out_dir=None, out_path=None, panels=HISTORY_PANELS) -> Figure:
+def plot_history(history, model_name: str, out_dir=None, out_path=None, panels=HISTORY_PANELS, caption=None) -> Figure:
     """Training curves of one model: a 2x3 grid, train against validation per metric.
 
     ``history`` is a ``{metric: [values per epoch]}`` dict (``TrainResult.history``,
@@ -110,6 +111,8 @@ def plot_history(history, model_name: str, out_dir=None, out_path=None, panels=H
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     fig.suptitle(f"{model_name}: training and validation")
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
     if out_path is None and out_dir is not None:
         out_path = Path(out_dir) / f"{model_name}_history.png"
     if out_path is not None:
@@ -132,12 +135,14 @@ def comparison_frame(table) -> pd.DataFrame:
     return frame
 
 
-def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=None) -> Figure:
+def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=None, caption=None) -> Figure:
     """All models side by side: one panel per metric, grouped bars per hyperparameter set.
 
-    ``table`` has a row per (model, hyperparams label), e.g. "default" and
-    "optimal"; see :func:`comparison_frame`. ``models`` fixes the order
-    (default: as they first appear).
+    ``table`` has a row per (model, hyperparams label), e.g. "default" and "optimal"; see
+    :func:`comparison_frame`. Where it holds ``<metric>_low`` / ``<metric>_high`` the bars carry those
+    intervals; the best run (``best``) is starred, and the runs whose difference from it is not significant
+    (``differs_from_best`` False) are hatched. ``models`` fixes the order; ``caption`` says how the figures
+    were obtained (:func:`protocol_text`).
     """
     frame = comparison_frame(table)
     metrics = [m for m in metrics if m in frame.columns]
@@ -147,31 +152,77 @@ def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=Non
     labels = list(dict.fromkeys(frame["hyperparams"]))
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    fig = Figure(figsize=(6 * cols, 4.2 * rows), layout="constrained")
+    fig = Figure(figsize=(6 * cols, 4.2 * rows + (0.5 if caption else 0)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    x = np.arange(len(models))
-    width = 0.8 / max(1, len(labels))
     for ax, metric in zip(axes, metrics):
         for i, label in enumerate(labels):
-            part = frame[frame["hyperparams"] == label].drop_duplicates("model", keep="last").set_index("model")
-            values = [float(part[metric].get(m, np.nan)) if m in part.index else np.nan for m in models]
-            bars = ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, label=str(label))
-            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+            _comparison_bars(ax, frame, metric, label, models, i, len(labels))
         ax.set_title(metric.replace("_", " "))
-        ax.set_xticks(x, models, rotation=30, ha="right")
-        ax.set_ylim(0, 1.08)
+        ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right")
+        ax.set_ylim(0, 1.12)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
-    fig.suptitle("Models on the test set: default against optimal hyperparameters")
+    title = "Models on the test set: default against optimal hyperparameters"
+    if "differs_from_best" in frame.columns:
+        title += "\n(* the best run; hatched: not significantly different from it, McNemar's exact test)"
+    fig.suptitle(title)
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
     if out_path is not None:
         save_figure(fig, out_path)
     return fig
 
 
+def _comparison_bars(ax, frame, metric, label, models, index, n_labels):
+    part = frame[frame["hyperparams"] == label].drop_duplicates("model", keep="last").set_index("model")
+
+    def column(name, default=np.nan):
+        return np.array([float(part[name].get(m, default)) if m in part.index else default for m in models])
+
+    values = column(metric)
+    width = 0.8 / max(1, n_labels)
+    x = np.arange(len(models)) + (index - (n_labels - 1) / 2) * width
+    err = None
+    if f"{metric}_low" in part.columns:
+        err = np.vstack([values - column(f"{metric}_low"), column(f"{metric}_high") - values])
+    same = column("differs_from_best", 1.0) == 0 if "differs_from_best" in part.columns else np.zeros(len(models), bool)
+    bars = ax.bar(x, values, width, yerr=err, capsize=2, label=str(label), error_kw={"linewidth": 0.8})
+    for bar, hatch in zip(bars, same):
+        if hatch:
+            bar.set_hatch("//")
+    labels = [f"{v:.2f}" for v in values]
+    if "best" in part.columns:
+        labels = [f"{t}*" if b == 1 else t for t, b in zip(labels, column("best", 0.0))]
+    ax.bar_label(bars, labels=labels, fontsize=7, padding=1)
+
+
+def protocol_text(settings, search=False) -> str:
+    """How a figure was obtained, from a run's ``RunSettings``: validation, crop and resize, TTA, seed."""
+    evaluation, decode = settings.evaluation, settings.data.decode
+    if search:
+        validation = f"validation: {settings.search.validation_fraction:.0%} of the training set (the search's)"
+    elif evaluation.validation == "split":
+        validation = f"validation: {evaluation.validation_fraction:.0%} of the training set"
+    else:
+        validation = "validation: the test set (the report's protocol)"
+    crop = f"box crops (margin {decode.margin:g})" if decode.crop == "box" else "whole images"
+    size = "x".join(map(str, decode.image_size))
+    parts = [
+        validation,
+        f"{crop}, {decode.resize} to {size}",
+        f"TTA {'on' if evaluation.tta else 'off'}",
+        f"{evaluation.confidence:.0%} intervals ({evaluation.interval})",
+        f"seed {settings.seed}",
+    ]
+    if evaluation.refit:
+        parts.insert(1, "refit on training + validation")
+    return "; ".join(parts)
+
+
 def plot_confusion(
-    cm, class_names=None, normalize: bool = True, out_path=None, title=None, max_labels: int = 40
+    cm, class_names=None, normalize: bool = True, out_path=None, title=None, max_labels: int = 40, caption=None
 ) -> Figure:
     """A confusion matrix (rows: true class, columns: predicted) as a heat map.
 
@@ -195,6 +246,8 @@ def plot_confusion(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or ("Confusion matrix (row-normalised)" if normalize else "Confusion matrix"))
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
     if out_path is not None:
         save_figure(fig, out_path)
     return fig
@@ -262,7 +315,7 @@ def plot_timings(timer_or_table, out_path=None) -> Figure:
 # --------------------------------------------------------------------------- #
 
 
-def plot_convergence(result, out_path=None) -> Figure:
+def plot_convergence(result, out_path=None, caption=None) -> Figure:
     """The objective of every trial and the best so far, against the trial number (a Figure)."""
     trials = result.trials
     fig = Figure(figsize=(7, 4.2), layout="constrained")
@@ -283,12 +336,14 @@ def plot_convergence(result, out_path=None) -> Figure:
     ax.set_title(f"{result.model_name}: {result.backend} search, {result.objective} ({result.direction})")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
     if out_path is not None:
         save_figure(fig, out_path)
     return fig
 
 
-def plot_importance(result, out_path=None) -> Figure:
+def plot_importance(result, out_path=None, caption=None) -> Figure:
     """A bar chart of the hyperparameters' importance for the objective (fANOVA; a Figure)."""
     importances = result.importances()
     fig = Figure(figsize=(7, 0.5 * max(3, len(importances)) + 1.2), layout="constrained")
@@ -310,6 +365,8 @@ def plot_importance(result, out_path=None) -> Figure:
         )
         ax.set_axis_off()
     ax.set_title(f"{result.model_name}: hyperparameter importance for {result.objective}")
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
     if out_path is not None:
         save_figure(fig, out_path)
     return fig

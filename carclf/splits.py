@@ -10,13 +10,16 @@ Generators, the search and the keys of training stages read splits only through 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from carclf.settings import check_positive_int
+from carclf.settings import SettingsError, check_positive_int
+
+log = logging.getLogger("carclf.splits")
 
 __all__ = [
     "ConcatSplit",
@@ -238,28 +241,54 @@ def stratified_rows(class_ids, take: Callable[[int], int], rng) -> np.ndarray:
     return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
 
 
-def validation_split(split: Split, fraction: float = 0.2, seed: int = 0, image_size=None):
+def validation_split(split: Split, fraction: float = 0.1, seed: int = 0, image_size=None, class_names=None):
     """``(train, validation)`` views of a *training* split, stratified by class and seeded.
 
-    Each class gives ``round(fraction * n)`` of its ``n`` rows to the validation view (at least one when it
-    has two or more, never all of them); the rest stay for training. ``image_size`` resizes as they are read.
+    Each class of ``n`` rows gives ``round(fraction * n)`` of them to the validation view (never all); the
+    rest stay for training. A class with a single row stays in training, with a warning. A fraction outside
+    (0, 0.5], or one that leaves a class without a validation row, is a :class:`SettingsError` that says the
+    smallest fraction that works. ``image_size`` resizes the images as they are read. The search and the
+    training's validation split both come from here.
     """
-    if not 0 < float(fraction) < 1:
-        raise ValueError(f"the validation fraction must be between 0 and 1, got {fraction!r}")
+    if not 0 < float(fraction) <= 0.5:
+        raise SettingsError(f"validation_fraction must be a number in (0, 0.5], got {fraction!r}")
     if split.split == "test":
-        raise ValueError("validation_split takes the training split; the search must never see the test set")
+        raise ValueError("validation_split takes the training split; the test set selects nothing")
+    class_ids = np.asarray(split.class_ids, dtype=np.int64)
+    counts = np.bincount(class_ids, minlength=split.num_classes)
+    _check_fraction(fraction, counts, class_names)
 
     def take(n):
-        return 0 if n < 2 else min(n - 1, max(1, int(round(fraction * n))))
+        return 0 if n < 2 else min(n - 1, math.floor(fraction * n + 0.5))
 
-    val_rows = stratified_rows(split.class_ids, take, np.random.default_rng([int(seed), 0x5EA5C4]))
-    if not len(val_rows):
-        raise ValueError("no class has two rows: nothing to carve a validation split from")
+    val_rows = stratified_rows(class_ids, take, np.random.default_rng([int(seed), 0x5EA5C4]))
     train_rows = np.setdiff1d(np.arange(len(split)), val_rows)
-    return (
-        SplitView(split, train_rows, "search-train", image_size),
-        SplitView(split, val_rows, "search-validation", image_size),
-    )
+    return SplitView(split, train_rows, "train", image_size), SplitView(split, val_rows, "validation", image_size)
+
+
+def _check_fraction(fraction, counts, class_names):
+    present = np.flatnonzero(counts)
+    single = [c for c in present if counts[c] == 1]
+    if single:
+        shown = ", ".join(repr(class_names[c]) if class_names else str(c) for c in single[:5])
+        log.warning(
+            "%d classes have a single training image (%s%s): they stay in training, with no validation image",
+            len(single),
+            shown,
+            ", ..." if len(single) > 5 else "",
+        )
+    several = [c for c in present if counts[c] >= 2]
+    if not several:
+        raise SettingsError("no class has two training images: nothing to carve a validation split from")
+    short = [c for c in several if math.floor(fraction * counts[c] + 0.5) < 1]
+    if short:
+        fewest = int(min(counts[c] for c in several))
+        smallest = math.ceil(0.5 / fewest * 1000) / 1000
+        name = repr(class_names[short[0]]) if class_names else f"class {short[0]}"
+        raise SettingsError(
+            f"validation_fraction {fraction} gives {name} ({counts[short[0]]} training images) no validation "
+            f"image; the smallest fraction that holds one image of every class is {smallest}"
+        )
 
 
 def subsample_split(split: Split, size, seed: int = 0) -> SplitView:

@@ -31,8 +31,8 @@ def kill(proc):
 def model1_run(train, test, home, hyperparams, epochs, accum_steps=None, *, seed=0, timer=False, **settings):
     """``run_model_pipeline`` for model1 on 32x32 images under the carclf root ``home``.
 
-    ``settings`` are ``TrainSettings`` fields (verbose off unless given); ``extra_callbacks`` goes to the
-    pipeline.
+    ``settings`` are ``TrainSettings`` fields (verbose off unless given); ``extra_callbacks`` and
+    ``validation_generator`` go to the pipeline.
     """
     from carclf.models import create_model1_model
     from carclf.paths import Store
@@ -40,6 +40,7 @@ def model1_run(train, test, home, hyperparams, epochs, accum_steps=None, *, seed
     from carclf.train import run_model_pipeline
 
     extra = settings.pop("extra_callbacks", ())
+    validation = settings.pop("validation_generator", None)
     return run_model_pipeline(
         create_model1_model,
         "model1",
@@ -50,6 +51,7 @@ def model1_run(train, test, home, hyperparams, epochs, accum_steps=None, *, seed
         test,
         epochs,
         accum_steps,
+        validation_generator=validation,
         settings=TrainSettings(**{"verbose": 0, **settings}),
         store=Store.at(home, timer=timer),
         seed=seed,

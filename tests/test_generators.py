@@ -73,8 +73,8 @@ from carclf.splits import ConcatSplit  # noqa: E402
 
 
 def _generators(decoded, *, batch_size=32, seed=0, augmented=None, input_shape=None, **augment):
-    """make_generators with the augmentation settings named as keywords."""
-    return make_generators(
+    """make_generators with the augmentation settings named as keywords: the report's (train, test) pair."""
+    gens = make_generators(
         decoded,
         AugmentSettings(**augment),
         batch_size=batch_size,
@@ -82,6 +82,7 @@ def _generators(decoded, *, batch_size=32, seed=0, augmented=None, input_shape=N
         augmented=augmented,
         input_shape=input_shape,
     )
+    return gens.train, gens.test
 
 
 def photo_split(n, name, seed, n_classes=4, size=(16, 20)):

@@ -73,7 +73,7 @@ def test_an_unknown_name_lists_the_settings_and_suggests_one():
         ({"epochs": 2.5}, "train.epochs must be an integer >= 1, got 2.5"),
         ({"image_size": -5}, r"data.decode.image_size must be an integer or a \(height, width\) pair"),
         ({"crop": "tight"}, "data.decode.crop must be one of 'box', 'full', got 'tight'"),
-        ({"search.validation_fraction": 1.5}, r"search.validation_fraction must be a number in \(0.0, 1.0\)"),
+        ({"search.validation_fraction": 1.5}, r"search.validation_fraction must be a number in \(0.0, 0.5\]"),
         ({"search.model": "resnet"}, r"search.model must be one of .* \(did you mean 'resnet50'\?\), got 'resnet'"),
         ({"models": ["model1", "model1"]}, "models must be a non-empty list of distinct model names"),
         ({"hyperparams.dropout": 1.0}, r"hyperparams.dropout must be a number in \[0.0, 1.0\), got 1.0"),
@@ -157,15 +157,14 @@ def test_the_notebook_memo_follows_changed_settings(tmp_path):
 
     cells = [
         "from carclf import workflow\n"
-        f"ws = workflow.Workspace.open('demo', root={str(tmp_path)!r}, augmentation='none', n_classes=3,\n"
-        "                              per_class_train=2, per_class_test=1, image_size=32)",
+        f"ws = workflow.Workspace.open('demo', root={str(tmp_path)!r}, augmentation='none', validation='test',\n"
+        "                              n_classes=3, per_class_train=2, per_class_test=1, image_size=32)",
         "first = workflow.decode_images(ws)['train'].image_size\n"
         "ws.update(image_size=40)\n"
         "second = workflow.decode_images(ws)['train'].image_size",
-        "train_gen, _ = workflow.generators(ws)\n"
-        "before = train_gen.batch_size\n"
+        "before = workflow.generators(ws).train.batch_size\n"
         "ws.update(batch_size=4)\n"
-        "after = workflow.generators(ws)[0].batch_size",
+        "after = workflow.generators(ws).train.batch_size",
         "import json\nprint(json.dumps({'sizes': [first, second], 'batches': [before, after]}))",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])

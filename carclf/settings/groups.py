@@ -12,6 +12,7 @@ from carclf.settings.checks import (
     Settings,
     alpha_switch,
     boolean,
+    int_at_least,
     is_int,
     model_name,
     model_names,
@@ -48,8 +49,12 @@ class DecodeSettings(Settings):
     """How each image becomes the model's input (the decoded cache's key)."""
 
     image_size: tuple = setting((224, 224), size_pair)
+    # box: the ground-truth box (the report's); full: the whole image (how published figures are measured)
     crop: str = setting("box", one_of("box", "full"))
     margin: float = setting(0.08, non_negative)
+    # stretch: to the size whatever the aspect (the report's); pad: letterbox, keeping the aspect ratio;
+    # center: the short side to the size, then the centre cropped
+    resize: str = setting("stretch", one_of("stretch", "pad", "center"))
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ class SearchSettings(Settings):
     patience: int = setting(2, positive_int)
     objective: str = setting("val_loss", _objective)
     adam_only: bool = setting(True, boolean)
-    validation_fraction: float = setting(0.2, number_in(0.0, 1.0, low_open=True, high_open=True))
+    validation_fraction: float = setting(0.2, number_in(0.0, 0.5, low_open=True))
     subsample: Any = setting(None, optional(_subsample))
     input_size: tuple | None = setting(None, optional(size_pair))
     keep_trials: bool = setting(False, boolean, key=False)
@@ -237,6 +242,28 @@ class SearchSettings(Settings):
     def backend_settings(self):
         """The chosen backend's own group (the other backend's never reaches a search)."""
         return getattr(self, self.backend)
+
+
+@dataclass(frozen=True)
+class EvalSettings(Settings):
+    """How results are obtained (spec-notes section 6): what selects epochs and runs, and how the test set is read.
+
+    ``validation="split"``: a stratified, seeded ``validation_fraction`` of the training set (with the
+    augmented variants of its images) is held out; early stopping, the learning-rate schedule, the
+    checkpoint, the kept epoch and the best run read it, and the test set is read once per finished run.
+    ``validation="test"``: the report's protocol, the test set as validation data.
+    """
+
+    validation: str = setting("split", one_of("split", "test"))
+    validation_fraction: float = setting(0.1, number_in(0.0, 0.5, low_open=True))
+    # After selection, train again on training + validation for the kept number of epochs.
+    refit: bool = setting(False, boolean)
+    # Test-time augmentation: the mean of the predictions for an image and its horizontal flip.
+    tta: bool = setting(False, boolean)
+    # Intervals of test accuracy and top-k: Wilson's for a proportion, or a seeded bootstrap over test images.
+    interval: str = setting("wilson", one_of("wilson", "bootstrap"))
+    confidence: float = setting(0.95, number_in(0.5, 1.0, low_open=True, high_open=True))
+    bootstrap_resamples: int = setting(2000, int_at_least(100))
 
 
 @dataclass(frozen=True)
@@ -252,6 +279,7 @@ class RunSettings(Settings):
     hyperparams: Hyperparams = setting(check=nested(Hyperparams), factory=Hyperparams)
     hyperparams_by_model: Mapping = setting(check=_hyperparams_by_model, factory=dict)
     search: SearchSettings = setting(check=nested(SearchSettings), factory=SearchSettings)
+    evaluation: EvalSettings = setting(check=nested(EvalSettings), factory=EvalSettings)
 
     def hyperparams_for(self, name) -> Hyperparams:
         """The default hyperparameters of model ``name``: the profile's, its own overrides on top."""

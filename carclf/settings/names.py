@@ -12,7 +12,7 @@ from carclf.settings.checks import SettingsError
 from carclf.settings.groups import RunSettings
 
 #: Groups whose settings may be named without their group ("epochs" for "train.epochs") when the name is unique.
-_PLAIN_GROUPS = ("data", "augment", "train")
+_PLAIN_GROUPS = ("data", "augment", "train", "evaluation")
 
 
 def _leaves(obj, prefix=()):

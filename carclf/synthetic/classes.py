@@ -63,7 +63,10 @@ COLOURS = (
 # Past len(FAMILIES) * len(COLOURS) classes (8 and 11 are coprime, so k -> (k % 8, k % 11)
 # is one-to-one below 88) a class also differs in these: wheel scale, height scale,
 # stripe, number of window pillars.
-_VARIANT_AXES = ((1.0, 1.3, 0.8), (1.0, 0.84, 1.18), (False, True), (1, 2))
+# Past len(FAMILIES) * len(COLOURS) designs (8 and 11 are coprime, so d -> (d % 8, d % 11) is one-to-one
+# below 88) a design also differs in these: wheel scale, height scale, number of window pillars. The stripe
+# is kept for the two years of one car (see class_table).
+_VARIANT_AXES = ((1.0, 1.3, 0.8), (1.0, 0.84, 1.18), (1, 2))
 
 
 def _variant_order():
@@ -78,7 +81,21 @@ def _variant_order():
 
 
 _VARIANTS = _variant_order()
-MAX_CLASSES = len(FAMILIES) * len(COLOURS) * len(_VARIANTS)
+_DESIGNS = len(FAMILIES) * len(COLOURS) * len(_VARIANTS)
+
+
+def _is_later_year(k: int) -> bool:
+    """Whether class ``k`` is the later year of a car: the second class of every other make's three."""
+    return k % 3 == 1 and (k // 3) % 2 == 0
+
+
+def _design(k: int) -> int:
+    """The drawing class ``k`` shares with the other year of its car, or its own (numbered in order)."""
+    later = 0 if k < 1 else (k - 1) // 6 + 1  # the later years up to k: classes 1, 7, 13, ...
+    return k - later
+
+
+MAX_CLASSES = next(n for n in itertools.count(1) if _design(n) >= _DESIGNS)
 
 _MAKES = (
     "Acura",
@@ -156,24 +173,30 @@ class CarClass:
 
 
 def class_table(n_classes: int) -> list:
-    """The ``n_classes`` synthetic classes; class ``k`` is the same for any ``n_classes > k``
-    except for the one renamed ``Ram C/V Cargo Van Minivan 2012`` (the 174th, or the last)."""
+    """The ``n_classes`` synthetic classes; class ``k`` is the same for any ``n_classes > k`` except for the
+    one renamed ``Ram C/V Cargo Van Minivan 2012`` (the 174th, or the last).
+
+    The classes have the real set's structure (spec-notes section 5): a make for every three classes in a
+    row, and in every other make two classes that differ only by year (the same model word and body), drawn
+    nearly alike: the later year has a stripe along the body.
+    """
     if not 1 <= n_classes <= MAX_CLASSES:
         raise ValueError(f"n_classes must be in 1..{MAX_CLASSES}, got {n_classes}")
     ram = 173 if n_classes >= 174 else n_classes - 1
     table = []
     for k in range(n_classes):
-        family = FAMILIES[k % len(FAMILIES)]
-        variant = _VARIANTS[k // (len(FAMILIES) * len(COLOURS))]
-        wheel, height, stripe, pillars = (axis[i] for axis, i in zip(_VARIANT_AXES, variant))
-        # (k % 17, k // 17) fixes k below 221 and 5 is coprime to 13, so the model
-        # word is unique per k, which keeps every name distinct.
-        model = _SYLLABLES_A[k % 17] + _SYLLABLES_B[(5 * (k // 17) + k) % 13]
-        if k >= 17 * 13:
-            model += f" {k // (17 * 13) + 1}"
-        body = family.bodies[(k // len(FAMILIES)) % len(family.bodies)]
-        name = f"{_MAKES[(k * 5) % len(_MAKES)]} {model} {body} {1991 + (k * 7) % 22}"
-        table.append(
-            CarClass(k, RAM_CV if k == ram else name, family, COLOURS[k % len(COLOURS)], wheel, height, stripe, pillars)
+        d, later = _design(k), _is_later_year(k)
+        family = FAMILIES[d % len(FAMILIES)]
+        wheel, height, pillars = (
+            axis[i] for axis, i in zip(_VARIANT_AXES, _VARIANTS[d // (len(FAMILIES) * len(COLOURS))])
         )
+        # (d % 17, d // 17) fixes d below 221 and 5 is coprime to 13, so the model word is unique per design
+        model = _SYLLABLES_A[d % 17] + _SYLLABLES_B[(5 * (d // 17) + d) % 13]
+        if d >= 17 * 13:
+            model += f" {d // (17 * 13) + 1}"
+        body = family.bodies[(d // len(FAMILIES)) % len(family.bodies)]
+        year = 1991 + (d * 7) % 22 + (4 if later else 0)
+        name = f"{_MAKES[(k // 3) % len(_MAKES)]} {model} {body} {year}"
+        colour = COLOURS[d % len(COLOURS)]
+        table.append(CarClass(k, RAM_CV if k == ram else name, family, colour, wheel, height, later, pillars))
     return table

@@ -18,7 +18,8 @@ import keras
 
 from carclf.cache import atomic_write, qualname
 from carclf.device import DeviceConfig, configure, precision_policy
-from carclf.generators import describe_generator
+from carclf.evaluate import evaluate_predictions, labels_in_order, predict_probabilities
+from carclf.generators import Generators, describe_generator
 from carclf.metrics import report_metrics
 from carclf.paths import Store
 from carclf.settings import SettingsError, TrainSettings
@@ -26,7 +27,7 @@ from carclf.train.callbacks import create_callbacks
 from carclf.train.optimizers import TRAINING_KEYS, current_lr, make_optimizer, optimizer_settings
 from carclf.train.result import TrainResult
 from carclf.train.resume import TRAIN_FORMAT, Clock, ResumableState, load_state
-from carclf.train.saving import history_csv, publish, save_model_atomic
+from carclf.train.saving import history_csv, publish, save_array, save_model_atomic
 
 log = logging.getLogger("carclf.train")
 
@@ -98,8 +99,7 @@ class _Run:
     opt: dict
     input_shape: tuple
     num_classes: int
-    train_generator: object
-    val_generator: object
+    generators: Generators  # train, validation (selects the epoch) and test (read once, after training)
     settings: TrainSettings
     phases: list
     device: DeviceConfig
@@ -135,8 +135,9 @@ class _Run:
             "policy": self.device.policy,
             "callbacks": self.settings.callbacks,
             "seed": self.seed,
-            "train": describe_generator(self.train_generator),
-            "test": describe_generator(self.val_generator),
+            "train": describe_generator(self.generators.train),
+            "validation": describe_generator(self.generators.validation),
+            "test": describe_generator(self.generators.test),
         }
 
 
@@ -151,6 +152,7 @@ def run_model_pipeline(
     epochs=None,
     accum_steps=None,
     *,
+    validation_generator=None,
     settings: TrainSettings | None = None,
     store: Store | None = None,
     deps=(),
@@ -167,8 +169,10 @@ def run_model_pipeline(
         model_name: the model's name (folders, logs, the stage ``train-<name>``).
         hyperparams: model and optimizer hyperparameters (the report's dict).
         input_shape, num_classes: the model's input and number of classes.
-        train_generator, test_generator: batches of ``(images, one-hot labels)``; the test generator is the
-            validation data, as in the report.
+        train_generator, test_generator: batches of ``(images, one-hot labels)``.
+        validation_generator: the batches that select the epoch (early stopping, the learning-rate
+            schedule, the checkpoint, the kept epoch); the test batches are then read once, after training.
+            ``None``: the report's protocol, the test batches are the validation data.
         epochs, accum_steps: the report's arguments; when given they replace ``settings``'s.
         settings: how to train (:class:`carclf.settings.TrainSettings`: phases, callbacks, precision...).
         store: where results go (default ``Store.at()``); its timer, if any, records the training as stage
@@ -185,14 +189,14 @@ def run_model_pipeline(
     changes = {k: v for k, v in (("epochs", epochs), ("accum_steps", accum_steps)) if v is not None}
     settings = settings.override(**changes) if changes else settings
     store = store or Store.at()
+    generators = Generators(train_generator, validation_generator or test_generator, test_generator)
     run = _plan(
         model_func,
         model_name,
         hyperparams,
         input_shape,
         num_classes,
-        train_generator,
-        test_generator,
+        generators,
         settings,
         store,
         seed,
@@ -241,17 +245,7 @@ def _forget_lost_run(run: _Run, stage: str) -> None:
 
 
 def _plan(
-    model_func,
-    model_name,
-    hyperparams,
-    input_shape,
-    num_classes,
-    train_generator,
-    test_generator,
-    settings,
-    store,
-    seed,
-    extra_callbacks,
+    model_func, model_name, hyperparams, input_shape, num_classes, generators, settings, store, seed, extra_callbacks
 ) -> _Run:
     call_kwargs, builder_hp = filter_hyperparams(model_func, hyperparams)
     if settings.two_phase and not ("x_trainable" in builder_hp or "hyperparams" in call_kwargs):
@@ -266,8 +260,7 @@ def _plan(
         opt=optimizer_settings(hyperparams, settings.accum_steps),
         input_shape=tuple(int(v) for v in input_shape),
         num_classes=int(num_classes),
-        train_generator=train_generator,
-        val_generator=test_generator,
+        generators=generators,
         settings=settings,
         phases=plan_phases(settings),
         device=configure(settings.mixed_precision, settings.jit_compile),
@@ -292,14 +285,14 @@ def _train(run: _Run) -> dict:
     clock = Clock(state["elapsed"] if state is not None else (0.0, 0.0))
     history = {k: list(v) for k, v in state["history"].items()} if state is not None else {}
     model, frozen_in_head = _build(run)
-    stopped_early = False
+    stopped_early, kept = False, None
     for phase in run.phases:
         if state is not None and phase["index"] < state["phase"]:
             continue  # finished before the restart; its weights are in the state of a later phase
         own = state if state is not None and phase["index"] == state["phase"] else None
-        stopped_early = _fit_phase(run, model, phase, frozen_in_head, history, clock, own)
+        stopped_early, kept = _fit_phase(run, model, phase, frozen_in_head, history, clock, own)
         state = None
-    return _finish(run, model, history, clock, stopped_early, resumed_from)
+    return _finish(run, model, history, clock, stopped_early, kept, resumed_from)
 
 
 def _build(run: _Run):
@@ -327,7 +320,10 @@ def _build(run: _Run):
 
 
 def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -> bool:
-    """Compile and fit one phase (from ``state``'s next epoch when resuming); True if it stopped early."""
+    """Compile and fit one phase (from ``state``'s next epoch when resuming).
+
+    Returns ``(stopped early, the 0-based epoch whose weights the model keeps)``.
+    """
     _set_phase_trainable(frozen_in_head, phase["name"])
     optimizer, schedule = make_optimizer(run.opt, lr_scale=phase["lr_scale"])
     model.compile(
@@ -343,7 +339,7 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         phase=phase,
         callbacks=callbacks,
         schedule=schedule,
-        train_generator=run.train_generator,
+        train_generator=run.generators.train,
         history=history,
         history_path=run.run_dir / "history.csv",
         clock=clock,
@@ -367,8 +363,8 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         # The generator shuffles itself per (seed, epoch); Keras's own shuffle draws from the global NumPy
         # RNG, which a resumed process would not replay.
         model.fit(
-            run.train_generator,
-            validation_data=run.val_generator,
+            run.generators.train,
+            validation_data=run.generators.validation,
             epochs=phase["end"],
             initial_epoch=start,
             callbacks=callbacks.as_list(saver),
@@ -376,10 +372,12 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
             shuffle=False,
         )
     es = callbacks.early_stopping
+    kept = len(next(iter(history.values()), [])) - 1  # the last epoch, unless early stopping keeps its best
     if es is not None and es.restore_best_weights and es.best_weights is not None:
         model.set_weights(es.best_weights)
+        kept = int(es.best_epoch)
     # an early stop of the head phase only starts the fine-tuning sooner; the last phase's decides
-    return es is not None and es.stopped_epoch > 0
+    return es is not None and es.stopped_epoch > 0, kept
 
 
 def _phase_callbacks(run: _Run, phase, schedule):
@@ -397,17 +395,19 @@ def _phase_callbacks(run: _Run, phase, schedule):
     )
 
 
-def _finish(run: _Run, model, history, clock, stopped_early, resumed_from) -> dict:
-    """Save the final model, test it, draw its curves, publish its files; the stage result."""
+def _finish(run: _Run, model, history, clock, stopped_early, kept, resumed_from) -> dict:
+    """Save the final model, test it once, publish its files; the stage result."""
     paths, settings, run_dir = run.store.paths, run.settings, run.run_dir
     history_path = run_dir / "history.csv"
     epochs_run = len(next(iter(history.values()), []))
     if epochs_run and not history_path.exists():
         atomic_write(history_path, history_csv(history))
     model_path = save_model_atomic(model, run_dir / f"{run.model_name}.keras")
-    test_metrics = {}
-    if settings.evaluate:
-        test_metrics = {k: float(v) for k, v in model.evaluate(run.val_generator, verbose=0, return_dict=True).items()}
+    test_metrics, probabilities_path = {}, None
+    if settings.evaluate:  # the test set is read here, once, after the epoch was chosen on the validation data
+        probabilities = predict_probabilities(model, run.generators.test)
+        probabilities_path = save_array(run_dir / "test_probabilities.npy", probabilities)
+        test_metrics = evaluate_predictions(labels_in_order(run.generators.test), probabilities).metrics
         log.info("%s: test %s", run.model_name, ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()))
     for source in (model_path, run_dir / "summary.txt", history_path):
         if source.exists():
@@ -423,6 +423,9 @@ def _finish(run: _Run, model, history, clock, stopped_early, resumed_from) -> di
         "history": history,
         "epochs_run": epochs_run,
         "stopped_early": stopped_early,
+        "validation": run.generators.protocol,
+        "kept_epoch": None if kept is None or kept < 0 else kept + 1,
+        "val_metrics": {k[4:]: float(v[kept]) for k, v in history.items() if k.startswith("val_") and kept is not None},
         "test_metrics": test_metrics,
         "wall_min": wall / 60,
         "cpu_min": cpu / 60,
@@ -435,6 +438,7 @@ def _finish(run: _Run, model, history, clock, stopped_early, resumed_from) -> di
             "best": rel(run_dir / "best.keras"),
             "summary": rel(run_dir / "summary.txt"),
             "history": rel(history_path),
+            "test_probabilities": rel(probabilities_path),
         },
         "tensorboard": tensorboard_dir.relative_to(paths.root).as_posix() if tensorboard_dir.is_dir() else None,
         "resumed_from_epoch": resumed_from,

@@ -16,8 +16,12 @@ class TrainResult:
     """One finished training run.
 
     ``history``: ``{key: [value per epoch]}`` over all epochs run (loss, the report's metrics, their
-    ``val_`` twins, ``learning_rate``, and ``phase`` for a two-phase run); ``test_metrics``: the final model
-    on the test generator; ``wall_min`` / ``cpu_min``: the training's minutes, summed over resumed sessions;
+    ``val_`` twins, ``learning_rate``, and ``phase`` for a two-phase run); ``validation``: what selected the
+    epoch, ``"split"`` (a validation split of the training set) or ``"test"`` (the report's protocol);
+    ``kept_epoch``: the 1-based epoch whose weights the model keeps, ``val_metrics`` its validation figures;
+    ``test_metrics``: the final model on the test generator, read once after training
+    (``test_probabilities_path``: its predictions); ``wall_min`` / ``cpu_min``: the training's minutes,
+    summed over resumed sessions;
     ``policy`` / ``jit_compile``: the dtype policy and XLA setting used; ``hyperparams``: the builder's
     hyperparameters; ``optimizer``: the resolved optimizer settings; ``resumed_from_epoch``: the 0-based
     epoch a resumed training restarted at (``None`` if it ran in one go); ``loaded``: read from the stage
@@ -29,6 +33,9 @@ class TrainResult:
     history: dict
     epochs_run: int
     stopped_early: bool
+    validation: str
+    kept_epoch: int | None
+    val_metrics: dict
     test_metrics: dict
     wall_min: float
     cpu_min: float
@@ -40,6 +47,7 @@ class TrainResult:
     best_model_path: Path | None
     summary_path: Path
     history_path: Path
+    test_probabilities_path: Path | None
     tensorboard_dir: Path | None
     resumed_from_epoch: int | None
     loaded: bool
@@ -67,6 +75,9 @@ class TrainResult:
             history=value["history"],
             epochs_run=value["epochs_run"],
             stopped_early=value["stopped_early"],
+            validation=value["validation"],
+            kept_epoch=value["kept_epoch"],
+            val_metrics=value["val_metrics"],
             test_metrics=value["test_metrics"],
             wall_min=value["wall_min"],
             cpu_min=value["cpu_min"],
@@ -78,6 +89,7 @@ class TrainResult:
             best_model_path=where(files["best"]),
             summary_path=where(files["summary"]),
             history_path=where(files["history"]),
+            test_probabilities_path=where(files["test_probabilities"]),
             tensorboard_dir=None if value["tensorboard"] is None else paths.root / value["tensorboard"],
             resumed_from_epoch=value["resumed_from_epoch"],
             loaded=loaded,

@@ -11,10 +11,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from carclf.cache import atomic_open
+from carclf.cache import atomic_open, atomic_write
 from carclf.device import precision_policy
 
-__all__ = ["history_csv", "load_model", "publish", "save_model_atomic"]
+__all__ = ["history_csv", "load_model", "publish", "save_array", "save_model_atomic"]
 
 
 def save_model_atomic(model, path) -> Path:
@@ -71,6 +71,15 @@ def load_model(path, compile: bool = True):
     policy = _saved_mixed_policy(path)
     with precision_policy(policy) if policy else contextlib.nullcontext():
         return keras.models.load_model(path, compile=compile)
+
+
+def save_array(path, array) -> Path:
+    """``np.save`` to ``path`` atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return atomic_write(Path(path), buffer.getvalue())
 
 
 def history_csv(history: dict) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from carclf.cache import atomic_write
-from carclf.workflow.results import _not_trained, histories, trained_runs
+from carclf.workflow.results import _not_trained, histories, trained_runs, with_uncertainty
 from carclf.workflow.stages import decode_images, load_dataset, search_hyperparameters, stored, train_models
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "plot_histories",
     "plot_search",
     "plot_timings",
+    "protocol_summary",
     "report_path",
     "save_table",
     "summary",
@@ -73,9 +74,10 @@ def plot_search(ws, result=None):
     from carclf import report
 
     result = result or stored(ws, "search", search_hyperparameters)
+    caption = report.protocol_text(ws.settings, search=True)
     return (
-        report.plot_convergence(result, out_path=report_path(ws, "search_convergence")),
-        report.plot_importance(result, out_path=report_path(ws, "search_importance")),
+        report.plot_convergence(result, out_path=report_path(ws, "search_convergence"), caption=caption),
+        report.plot_importance(result, out_path=report_path(ws, "search_importance"), caption=caption),
     )
 
 
@@ -83,9 +85,13 @@ def plot_histories(ws, table=None):
     """Training curves of every run of the table (``reports/history_<model>_<hyperparams>.png``)."""
     from carclf import report
 
+    caption = report.protocol_text(ws.settings)
     return [
         report.plot_history(
-            history, f"{name} ({label})", out_path=report_path(ws, "history", model=name, hyperparams=label)
+            history,
+            f"{name} ({label})",
+            out_path=report_path(ws, "history", model=name, hyperparams=label),
+            caption=caption,
         )
         for (name, label), history in histories(ws, table).items()
     ]
@@ -96,7 +102,9 @@ def plot_comparison(ws, table=None):
     from carclf import report
 
     return report.plot_comparison(
-        stored(ws, "comparison", train_models) if table is None else table, out_path=report_path(ws, "comparison")
+        stored(ws, "comparison", train_models) if table is None else table,
+        out_path=report_path(ws, "comparison"),
+        caption=report.protocol_text(ws.settings),
     )
 
 
@@ -117,6 +125,7 @@ def plot_evaluation(ws, name, label, evaluation, stem=None):
         class_names,
         title=f"{name} ({label})",
         out_path=report_path(ws, "confusion", stem=stem),
+        caption=report.protocol_text(ws.settings),
     )
 
 
@@ -139,6 +148,7 @@ def write_report(ws):
     table = trained_runs(ws)
     if table.empty:
         raise _not_trained(ws, "no model has been")
+    table = with_uncertainty(ws, table)
     save_table(ws, table, "comparison_table")
     ws.remember("comparison", table)
     plot_histories(ws, table)
@@ -148,6 +158,28 @@ def write_report(ws):
     if not ws.timer.table().empty:
         plot_timings(ws)
     return table
+
+
+def protocol_summary(ws) -> str:
+    """How the figures are obtained, in words, with the sizes of the training, validation and test sets."""
+    from carclf import report
+    from carclf.workflow.stages import generators
+
+    gens = generators(ws)
+    lines = [f"protocol: {report.protocol_text(ws.settings)}"]
+    test_n = len(gens.test.split)
+    if gens.protocol == "split":
+        lines.append(
+            f"validation: {len(gens.validation.split)} training images held out (with their augmented variants) "
+            f"select the epochs and the best run; training reads {len(gens.train.split)} rows; the {test_n} "
+            f"test images are read once per finished run"
+        )
+    else:
+        lines.append(
+            f"validation: the {test_n} test images select the epochs and the best run (the report's protocol: "
+            f"the test figures are then optimistic)"
+        )
+    return "\n".join(lines)
 
 
 def summary(ws):

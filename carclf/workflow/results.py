@@ -28,8 +28,10 @@ __all__ = [
     "histories",
     "model_path",
     "predict",
+    "test_probabilities",
     "trained_run",
     "trained_runs",
+    "with_uncertainty",
 ]
 
 #: The stages that cost hours; commands that only read results never start them.
@@ -86,11 +88,14 @@ def _not_trained(ws, what, name=None):
     )
 
 
-def trained_run(ws, name=None, label=None, metric="accuracy"):
-    """The comparison row of one trained run: ``name`` with ``label``, or the best trained run by ``metric``.
+def trained_run(ws, name=None, label=None, metric=None):
+    """The comparison row of one trained run: ``name`` with ``label``, or the best trained run by ``metric``
+    (default: validation accuracy, or test accuracy under the report's protocol).
 
     Raises :class:`NotTrainedError` when no such run has finished.
     """
+    from carclf.evaluate import selection_metric
+
     table = trained_runs(ws, None if name is None else [name], LABELS if label is None else (label,))
     if table.empty:
         what = (
@@ -99,7 +104,7 @@ def trained_run(ws, name=None, label=None, metric="accuracy"):
             else f"model {name!r}{f' ({label} hyperparameters)' if label else ''} has not been"
         )
         raise _not_trained(ws, what, name)
-    return table.loc[table[metric].idxmax()]
+    return table.loc[table[metric or selection_metric(table)].astype(float).idxmax()]
 
 
 def histories(ws, table=None):
@@ -118,22 +123,56 @@ def model_path(ws, row):
     return ws.paths.models / row["model"] / row["train_key"] / f"{row['model']}.keras"
 
 
-def evaluate_run(ws, row):
-    """The report's step 15 for one run (a comparison row): classification report, confusion matrix,
-    per-class accuracy and the most-confused pairs of classes, on the test set."""
-    from carclf.evaluate import evaluate_model
+def test_probabilities(ws, row):
+    """The test predictions of a comparison row's run: those its training stored when it read the test set
+    once, or with ``evaluation.tta`` those of the image and its horizontal flip (a cached stage)."""
+    import numpy as np
+
+    from carclf.evaluate import predict_probabilities
+    from carclf.generators import describe_generator
     from carclf.train import load_model
 
-    model = load_model(model_path(ws, row))
-    _, test_gen = stored(ws, "generators", generators)
+    test = generators(ws).test
+    if not ws.settings.evaluation.tta:
+        return np.load(ws.paths.models / row["model"] / row["train_key"] / "test_probabilities.npy")
+    config = {"train_key": row["train_key"], "test": describe_generator(test)}
+
+    def compute():
+        return predict_probabilities(load_model(model_path(ws, row), compile=False), test, tta=True)
+
+    return ws.cache.run(f"tta-{row['model']}", config, compute).value
+
+
+def with_uncertainty(ws, table):
+    """The comparison table with intervals and paired tests (:func:`carclf.evaluate.add_uncertainty`)."""
+    from carclf.evaluate import add_uncertainty, labels_in_order
+
+    if table.empty:
+        return table
+    probabilities = [test_probabilities(ws, row) for _, row in table.iterrows()]
+    y_true = labels_in_order(generators(ws).test)
+    out = add_uncertainty(table, probabilities, y_true, ws.settings.evaluation, ws.settings.seed)
+    out.attrs.update(table.attrs)
+    return out
+
+
+def evaluate_run(ws, row):
+    """The report's step 15 for one run (a comparison row), from its test predictions: classification
+    report, confusion matrix, per-class accuracy, the kinds of mistakes, the most-confused pairs."""
+    from carclf.evaluate import evaluate_predictions, labels_in_order
+
     class_names = stored(ws, "dataset", load_dataset).value.attrs["class_names"]
-    return evaluate_model(model, test_gen, class_names)
+    y_true = labels_in_order(generators(ws).test)
+    return evaluate_predictions(y_true, test_probabilities(ws, row), class_names)
 
 
-def evaluate_best(ws, table=None, metric="accuracy"):
-    """:func:`evaluate_run` for the best run of the comparison table; ``(model, hyperparams, evaluation)``."""
+def evaluate_best(ws, table=None, metric=None):
+    """:func:`evaluate_run` for the best run of the comparison table (by validation accuracy, or by test
+    accuracy under the report's protocol); ``(model, hyperparams, evaluation)``."""
+    from carclf.evaluate import selection_metric
+
     table = stored(ws, "comparison", train_models) if table is None else table
-    best = table.loc[table[metric].idxmax()]
+    best = table.loc[table[metric or selection_metric(table)].astype(float).idxmax()]
     return best["model"], best["hyperparams"], evaluate_run(ws, best)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from carclf.cache import config_hash
@@ -96,21 +97,33 @@ def augment_images(ws, decoded=None):
     return ws.remember("augmented", augmented)
 
 
-def generators(ws):
-    """The report's step 9: ``(train_generator, test_generator)`` over the decoded and augmented images."""
+def generators(ws, validation=None):
+    """The report's step 9: the training, validation and test batches (:class:`carclf.generators.Generators`).
+
+    The validation batches are a held-out split of the training set (``evaluation.validation="split"``) or,
+    under the report's protocol (``"test"``), the test batches. ``validation=False`` gives the training
+    batches over every training image (what a refit trains on).
+    """
     from carclf.generators import make_generators
 
+    evaluation = ws.settings.evaluation
+    split = evaluation.validation == "split" if validation is None else validation
+    name = "generators" if validation is None else f"generators-{split}"
+    remembered = ws.recall(name)
+    if remembered is not None:
+        return remembered
     decoded = stored(ws, "decoded", decode_images)
     augmented = stored(ws, "augmented", lambda ws: augment_images(ws, decoded))
-    pair = make_generators(
+    gens = make_generators(
         decoded,
         ws.settings.augment,
         batch_size=ws.settings.train.batch_size,
         seed=ws.settings.seed,
+        validation_fraction=evaluation.validation_fraction if split else None,
         augmented=augmented,
         cache=ws.cache,
     )
-    return ws.remember("generators", pair)
+    return ws.remember(name, gens)
 
 
 def model_hyperparams(ws, name) -> dict:
@@ -167,6 +180,8 @@ def compare_default_optimal(
     train_generator,
     test_generator,
     *,
+    validation_generator=None,
+    refit_generator=None,
     default=None,
     settings=None,
     store=None,
@@ -182,9 +197,13 @@ def compare_default_optimal(
     through ``run_model_pipeline`` with ``settings`` (:class:`carclf.settings.TrainSettings`) and its cache
     (a rerun loads them); with the store's timer, they are timed in groups "default" and "optimal" (the
     report's execution-time table). ``labels`` picks the runs: ``("default",)`` needs no ``optimal``.
+    ``validation_generator`` selects the epochs (``None``: the report's protocol, the test batches do);
+    with ``refit_generator`` (training and validation images) each run is trained again on it for its kept
+    number of epochs, and tested.
 
-    Returns a frame with ``model``, ``hyperparams`` ("default" or "optimal"), the test metrics,
-    ``epochs_run``, ``wall_min``, ``cpu_min``, ``train_key`` and ``loaded`` (from the cache).
+    Returns a frame with ``model``, ``hyperparams`` ("default" or "optimal"), ``validation`` (the protocol),
+    ``kept_epoch``, ``val_accuracy`` and ``val_loss`` of the kept epoch, the test metrics, ``epochs_run``,
+    ``wall_min``, ``cpu_min``, ``train_key``, ``refit_key`` and ``loaded`` (from the cache).
     """
     import pandas as pd
 
@@ -199,32 +218,61 @@ def compare_default_optimal(
     for name in names:
         for label in _check_labels(labels):
             hp = default if label == "default" else {**default, **_optimal_for(name, optimal)}
-            result = run_model_pipeline(
+            run = functools.partial(
+                run_model_pipeline,
                 model_spec(name).builder,
                 name,
                 hp,
                 (*split.image_size, 3),
                 split.num_classes,
-                train_generator,
-                test_generator,
-                settings=settings,
                 store=store,
                 seed=seed,
                 timer_group=label,
             )
-            rows.append(
-                {
-                    "model": name,
-                    "hyperparams": label,
-                    **result.test_metrics,
-                    "epochs_run": result.epochs_run,
-                    "wall_min": result.wall_min,
-                    "cpu_min": result.cpu_min,
-                    "train_key": result.key,
-                    "loaded": result.loaded,
-                }
-            )
+            result = run(train_generator, test_generator, validation_generator=validation_generator, settings=settings)
+            tested = result
+            if refit_generator is not None and result.kept_epoch:
+                tested = run(
+                    refit_generator,
+                    test_generator,
+                    validation_generator=validation_generator,
+                    settings=_refit_settings(settings, result.kept_epoch),
+                )
+            rows.append(_row(name, label, result, tested))
     return pd.DataFrame(rows)
+
+
+def _refit_settings(settings, epochs):
+    """Train again for the kept number of epochs: nothing to select any more, so no callback reads validation."""
+    from carclf.settings import CallbackSettings, TrainSettings
+
+    settings = settings or TrainSettings()
+    return replace(
+        settings,
+        epochs=epochs,
+        two_phase=settings.two_phase and epochs >= 2,
+        callbacks=CallbackSettings(early_stopping=None, reduce_lr=None, checkpoint=None),
+    )
+
+
+def _row(name, label, result, tested) -> dict:
+    """One row of the comparison: the selected run's validation figures, the tested run's test figures."""
+    return {
+        "model": name,
+        "hyperparams": label,
+        "validation": result.validation,
+        "kept_epoch": result.kept_epoch,
+        "val_accuracy": result.val_metrics.get("accuracy"),
+        "val_loss": result.val_metrics.get("loss"),
+        **tested.test_metrics,
+        "epochs_run": result.epochs_run,
+        "wall_min": result.wall_min + (tested.wall_min if tested is not result else 0.0),
+        "cpu_min": result.cpu_min + (tested.cpu_min if tested is not result else 0.0),
+        "train_key": tested.key,
+        "selection_key": result.key,
+        "refit": tested is not result,
+        "loaded": result.loaded and tested.loaded,
+    }
 
 
 def train_model(ws, name, labels=LABELS, optimal=None):
@@ -239,12 +287,15 @@ def train_model(ws, name, labels=LABELS, optimal=None):
     labels = _check_labels(labels)
     if "optimal" in labels:
         optimal = optimal or stored(ws, "search", search_hyperparameters)
-    train_gen, test_gen = stored(ws, "generators", generators)
+    gens = generators(ws)
+    refit = generators(ws, validation=False).train if ws.settings.evaluation.refit else None
     return compare_default_optimal(
         [name],
         optimal,
-        train_gen,
-        test_gen,
+        gens.train,
+        gens.test,
+        validation_generator=None if gens.protocol == "test" else gens.validation,
+        refit_generator=refit,
         default=model_hyperparams(ws, name),
         settings=ws.settings.train,
         store=ws.store,
@@ -257,16 +308,19 @@ def train_models(ws, optimal=None):
     """The report's steps 11 to 13: build, compile, train and test every model of the profile, with the
     default and with the optimal hyperparameters (each run cached and resumable).
 
-    Returns the comparison table: one row per (model, "default" | "optimal"), also written to
-    ``reports/comparison.csv``.
+    Returns the comparison table: one row per (model, "default" | "optimal"), with the validation figures of
+    the kept epoch, the test figures and their intervals, and the paired tests
+    (:func:`carclf.evaluate.add_uncertainty`); also written to ``reports/comparison.csv``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
     from carclf.workflow.reports import save_table
+    from carclf.workflow.results import with_uncertainty
 
     optimal = optimal or stored(ws, "search", search_hyperparameters)
     models = tqdm(ws.settings.models, desc="models", unit="model")
     table = pd.concat([train_model(ws, name, optimal=optimal) for name in models], ignore_index=True)
+    table = with_uncertainty(ws, table)
     save_table(ws, table, "comparison_table")
     return ws.remember("comparison", table)
