@@ -200,6 +200,24 @@ def test_report_covers_the_trained_runs_and_lists_the_others(stages):
     assert timings.loc["model1", ("default", "wall_min")] > 0  # the training's minutes, not a cache load's
 
 
+def test_evaluate_and_report_say_how_the_figures_were_obtained(stages):
+    home, _, runs = stages
+    evaluate, report = runs["evaluate"].stdout, runs["report"].stdout
+    for text in (evaluate, report):
+        assert "protocol: validation: 10% of the training set; box crops (margin 0.08), stretch to 80x80" in text
+        assert "validation: 20 training images held out" in text and "80 test images are read once" in text
+    assert "test accuracy" in evaluate and "(95% interval)" in evaluate
+    for kind in ("make_model_accuracy", "make_accuracy", "same model, other year", "same make, other model"):
+        assert kind in evaluate
+    assert "McNemar" in report
+    table = pd.read_csv(home / "reports" / "comparison.csv")
+    assert (table["validation"] == "split").all() and table["kept_epoch"].ge(1).all()
+    assert table["val_accuracy"].between(0, 1).all() and table["val_loss"].gt(0).all()
+    assert (table["accuracy_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_high"]).all()
+    assert table["best"].sum() == 1 and table.loc[table["best"], "val_accuracy"].iloc[0] == table["val_accuracy"].max()
+    assert table.loc[table["hyperparams"] == "optimal", "p_vs_default"].between(0, 1).all()
+
+
 def test_predict_gives_the_five_most_probable_classes_of_each_image(stages):
     home, images, runs = stages
     result = runs["predict"]

@@ -359,3 +359,37 @@ def test_test_time_augmentation_averages_an_image_and_its_flip():
         predict_probabilities(model, batches, tta=True), (plain + flipped) / 2, rtol=1e-5, atol=1e-6
     )
     assert not np.allclose(plain, flipped)  # the flip does change this model's answer
+
+
+def test_refit_trains_again_on_training_and_validation_for_the_kept_epochs(synthetic_cars32, tmp_path):
+    from carclf.paths import Store
+    from carclf.settings import TrainSettings
+    from carclf.train import TrainResult
+    from carclf.workflow import compare_default_optimal
+
+    decoded = synthetic_cars32.decoded
+    fit, val = validation_split(decoded["train"], 0.1, seed=0)
+    train, every = ImageBatches(fit, 32, shuffle=True), ImageBatches(decoded["train"], 32, shuffle=True)
+    test, validation = ImageBatches(decoded["test"], 50, shuffle=False), ImageBatches(val, 50, shuffle=False)
+    settings = TrainSettings(epochs=3, verbose=0, plot=False, tensorboard=False)
+    store = Store.at(tmp_path)
+    row = compare_default_optimal(
+        "model1",
+        None,
+        train,
+        test,
+        validation_generator=validation,
+        refit_generator=every,
+        settings=settings,
+        store=store,
+        labels=("default",),
+    ).iloc[0]
+    assert row["refit"] and row["validation"] == "split" and row["train_key"] != row["selection_key"]
+    refit = TrainResult.from_value(_value(store, row["train_key"]), row["train_key"], True, store.paths)
+    assert refit.epochs_run == row["kept_epoch"] and refit.test_metrics["accuracy"] == row["accuracy"]
+
+
+def _value(store, key):
+    from carclf.cache import load_pickle
+
+    return load_pickle(store.cache.path("train-model1", key))["value"]

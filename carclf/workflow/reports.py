@@ -118,6 +118,8 @@ def plot_evaluation(ws, name, label, evaluation, stem=None):
 
     stem = stem or f"{name}_{label}"
     per_class = pd.DataFrame(evaluation.classification_report).T.rename_axis("class").reset_index()
+    intervals = evaluation.per_class(ws.settings.evaluation.confidence)[["accuracy", "low", "high"]]
+    per_class = per_class.merge(intervals.add_prefix("accuracy_").reset_index(), on="class", how="left")
     save_table(ws, per_class, "classification", stem=stem)
     class_names = evaluation.class_names
     return report.plot_confusion(
