@@ -8,12 +8,14 @@ TensorFlow or Keras: its workers run in spawned processes.
 from carclf.augment.mixing import CUTMIX_ALPHA, MIXUP_ALPHA, BatchMixer, batch_mixer, cutmix, cutmix_box, mixup
 from carclf.augment.offline import STAGE, AugmentedSet, build_augmented_set, read_manifest, source_fingerprint
 from carclf.augment.pipeline import (
+    MODERN_CROP,
     PIPELINES,
     REPORT_1_3,
     REPORT_PIPELINE,
     OnlineAugment,
     augment_image,
     build_pipeline,
+    pipeline_for,
     seed_pipeline,
 )
 
@@ -22,6 +24,7 @@ __all__ = [
     "BatchMixer",
     "CUTMIX_ALPHA",
     "MIXUP_ALPHA",
+    "MODERN_CROP",
     "OnlineAugment",
     "PIPELINES",
     "REPORT_1_3",
@@ -34,6 +37,7 @@ __all__ = [
     "cutmix",
     "cutmix_box",
     "mixup",
+    "pipeline_for",
     "read_manifest",
     "seed_pipeline",
     "source_fingerprint",

@@ -137,8 +137,11 @@ def search_hyperparameters(ws):
 
     settings = ws.settings.search
     decoded = stored(ws, "decoded", decode_images)
-    searched = search.search_space(settings.adam_only)
-    fixed = {k: v for k, v in model_hyperparams(ws, settings.model).items() if k not in searched}
+    own = model_hyperparams(ws, settings.model)
+    searched = search.search_space(
+        settings.adam_only, optimizer=own["optimizer_type"], schedule=ws.settings.train.schedule
+    )
+    fixed = {k: v for k, v in own.items() if k not in searched}
     with ws.timed("hyperparameter search"):
         result = search.run_search(
             settings.model,
@@ -148,6 +151,7 @@ def search_hyperparameters(ws):
             training=ws.settings.train,
             seed=ws.settings.seed,
             store=ws.store,
+            optimizer=own["optimizer_type"],
         )
     return ws.remember("search", result)
 
