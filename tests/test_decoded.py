@@ -163,14 +163,17 @@ def test_undecodable_file_raises_naming_it(tmp_path, frame):
 
 @pytest.fixture
 def count_imread(monkeypatch):
+    """Every image file read (the decoder reads each through carclf.images.read_image)."""
+    from carclf import images
+
     calls = []
-    imread = cv2.imread
+    read = images.read_image
 
     def counting(*args, **kwargs):
         calls.append(args[0])
-        return imread(*args, **kwargs)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(cv2, "imread", counting)
+    monkeypatch.setattr(images, "read_image", counting)
     return calls
 
 
