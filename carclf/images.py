@@ -1,8 +1,10 @@
 """One image file read whole: every byte decoded, so a truncated or damaged file is an error that names it.
 
 OpenCV's reader decodes a JPEG cut off halfway without an error (libjpeg fills the rest with gray and
-prints a warning without the file's name); Pillow raises. So images are decoded by Pillow, once, and the
-decoder's warnings are collected per file (docs/integrity.md). No Keras or TensorFlow here.
+prints a warning without the file's name), and Pillow stays silent on libjpeg's warnings about corrupt data.
+So JPEGs are decoded by simplejpeg (libjpeg-turbo) in strict mode, where each of those warnings is an
+error, and other formats by Pillow, whose own warnings are collected per file (docs/integrity.md). No Keras
+or TensorFlow here.
 """
 
 from __future__ import annotations
@@ -16,11 +18,23 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["ImageError", "file_warnings", "read_image", "recording_warnings"]
 
 _local = threading.local()
+
+#: Pillow's transposition for each EXIF orientation (as ``PIL.ImageOps.exif_transpose`` does it).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageError(ValueError):
@@ -44,15 +58,41 @@ def read_image(path, *, orient: bool = False, sha256: str | None = None) -> np.n
         raise ImageError(path, f"cannot be read ({exc.strerror or exc})") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ImageError(path, f"its content ({len(data)} bytes) does not match the checksum recorded when written")
+    image = _jpeg(path, data) if data[:3] == b"\xff\xd8\xff" else None
+    if image is None:
+        image = _pillow(path, data)
+    return _upright(data, image) if orient else image
+
+
+def _jpeg(path, data):
+    """A JPEG decoded strictly (libjpeg's warnings are errors); None for one libjpeg-turbo cannot turn into
+    BGR (CMYK), which Pillow decodes."""
+    try:
+        if simplejpeg.decode_jpeg_header(data)[2] not in ("Gray", "YCbCr", "RGB"):
+            return None
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError as exc:
+        raise ImageError(path, f"damaged JPEG data ({exc})") from None
+
+
+def _pillow(path, data):
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image) if orient else image
             rgb = np.asarray(image.convert("RGB"))
     except UnidentifiedImageError:
         return _opencv_only(path, data)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for damaged data
         raise ImageError(path, f"damaged image data ({type(exc).__name__}: {exc})") from None
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def _upright(data, image):
+    """``image`` turned as its EXIF orientation says (read by Pillow from the same bytes)."""
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as source:
+        method = _UPRIGHT.get(source.getexif().get(0x0112))
+        if method is not None:
+            return np.ascontiguousarray(np.asarray(Image.fromarray(image).transpose(method)))
+    return image
 
 
 def _opencv_only(path, data):

@@ -306,6 +306,11 @@ class StageCache:
 
     # -- what is stored --------------------------------------------------- #
 
+    def load(self, stage: str, key: str) -> StageResult | None:
+        """The finished result of ``stage`` under ``key`` (checked as every load is), or None."""
+        found, value = self._load(stage, key)
+        return self._finish(stage, key, value, True) if found else None
+
     def note(self, stage: str, key: str, **fields) -> None:
         """Add ``fields`` to the ``.json`` note of a finished result (who asked for it, under which name)."""
         meta = self.meta(stage, key)

@@ -78,6 +78,6 @@ def _shifted_classes(names, located) -> list:
     for cid in sorted(folders):
         (actual, count), total = folders[cid].most_common(1)[0], sum(folders[cid].values())
         expected = folder_name(names[cid - 1])
-        if actual != expected and count == total >= 2 and actual in {folder_name(name) for name in names}:
+        if actual not in (expected, "") and count == total >= 2:
             shifted.append((cid, expected, actual, count))
     return shifted

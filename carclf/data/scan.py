@@ -236,7 +236,8 @@ def load_stanford_cars(
     than a clipped box raises :class:`DatasetError` listing them.
     """
     frame, report = scan_stanford_cars(root, check_images=check_images, check_names=check_names)
-    log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
+    # Headers only: the decoded cache decodes every image and adds what it finds (workflow.decode_images).
+    log.log(logging.INFO if report.ok else logging.WARNING, "scanned (image headers only): %s", report.summary())
     if strict and not report.ok:
         problems = report.problems(include_notes=False)
         shown = [f"  {kind}: {p.split} {p.file}: {p.detail}" for kind, p in problems[:20]]

@@ -18,6 +18,8 @@ __all__ = [
     "generators",
     "load_dataset",
     "model_hyperparams",
+    "note_runs",
+    "result_row",
     "search_hyperparameters",
     "stored",
     "train_model",
@@ -258,19 +260,30 @@ def compare_default_optimal(
                 seed=seed,
                 timer_group=label,
             )
-            rows.append(
-                {
-                    "model": name,
-                    "hyperparams": label,
-                    **result.test_metrics,
-                    "epochs_run": result.epochs_run,
-                    "wall_min": result.wall_min,
-                    "cpu_min": result.cpu_min,
-                    "train_key": result.key,
-                    "loaded": result.loaded,
-                }
-            )
+            rows.append(result_row(name, label, result))
     return pd.DataFrame(rows)
+
+
+def result_row(name, label, result) -> dict:
+    """One row of the comparison table from a :class:`carclf.train.TrainResult`."""
+    return {
+        "model": name,
+        "hyperparams": label,
+        **result.test_metrics,
+        "epochs_run": result.epochs_run,
+        "wall_min": result.wall_min,
+        "cpu_min": result.cpu_min,
+        "train_key": result.key,
+        "loaded": result.loaded,
+    }
+
+
+def note_runs(ws, table):
+    """Write beside each run's stage result which run it is (model, label, profile, dataset), so that
+    ``report``, ``evaluate`` and ``predict`` find it whatever its epochs or settings (:mod:`~.runs`)."""
+    dataset = stored(ws, "dataset", load_dataset).key
+    for row in table.itertuples():
+        ws.cache.note(f"train-{row.model}", row.train_key, label=row.hyperparams, profile=ws.profile, dataset=dataset)
 
 
 def train_model(ws, name, labels=LABELS, optimal=None):
@@ -286,7 +299,7 @@ def train_model(ws, name, labels=LABELS, optimal=None):
     if "optimal" in labels:
         optimal = optimal or stored(ws, "search", search_hyperparameters)
     train_gen, test_gen = stored(ws, "generators", generators)
-    return compare_default_optimal(
+    table = compare_default_optimal(
         [name],
         optimal,
         train_gen,
@@ -297,6 +310,8 @@ def train_model(ws, name, labels=LABELS, optimal=None):
         seed=ws.settings.seed,
         labels=labels,
     )
+    note_runs(ws, table)
+    return table
 
 
 def train_models(ws, optimal=None):
