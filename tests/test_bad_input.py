@@ -346,7 +346,7 @@ def test_two_train_processes_one_trains_the_other_waits_and_loads(tmp_path):
     procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [proc.communicate(timeout=600) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outs]
-    loaded = sorted(out.split("model1 default", 1)[1].split()[-1] for out, _ in outs)
+    loaded = sorted(line.split()[-1] for out, _ in outs for line in out.splitlines() if line.startswith("model1 "))
     assert loaded == ["False", "True"]  # one trained, the other loaded its result
     log = (home / "logs" / "carclf.log").read_text()
     assert log.count("computing stage train-model1 ") == 1

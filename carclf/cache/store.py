@@ -167,8 +167,12 @@ class StageCache:
         finally:
             self._frozen = before
 
+    def may_compute(self, stage: str) -> bool:
+        """False inside :meth:`only_cached` for ``stage``: results are read, never computed or removed."""
+        return not any(stage == s or (s.endswith("-") and stage.startswith(s)) for s in self._frozen)
+
     def _check_may_compute(self, stage: str, key: str) -> None:
-        if any(stage == s or (s.endswith("-") and stage.startswith(s)) for s in self._frozen):
+        if not self.may_compute(stage):
             raise NotComputedError(stage, key, self.path(stage, key))
 
     # -- loading and saving ------------------------------------------------- #

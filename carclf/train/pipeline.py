@@ -231,9 +231,11 @@ def _run_stage(run: _Run, deps: list, timer_group: str) -> TrainResult:
 
 
 def _forget_lost_run(run: _Run, stage: str) -> None:
-    """A stored result whose model file is gone or damaged is trained again rather than handed out."""
+    """A stored result whose model file is gone or damaged is trained again rather than handed out (a reader,
+    which may not train, keeps it and says so when it needs the file)."""
     model_file = run.run_dir / f"{run.model_name}.keras"
-    if run.store.cache.exists(stage, run.key) and not intact_model_file(model_file):
+    cache = run.store.cache
+    if cache.may_compute(stage) and cache.exists(stage, run.key) and not intact_model_file(model_file):
         log.warning(
             "%s: the stored result %s has lost its model file %s (missing or damaged); training again",
             run.model_name,
