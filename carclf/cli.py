@@ -249,7 +249,7 @@ def _parents():
     )
     profile.add_argument(
         "--image-size",
-        type=_at_least(1),
+        type=int,
         help="square input size in pixels, at least the models' minimum (default: the profile's)",
     )
     which = argparse.ArgumentParser(add_help=False)
@@ -392,11 +392,16 @@ def _check_image_size(args):
             else f"{model}'s minimum, the largest of {', '.join(known)}"
         )
     if size < low:
-        raise SettingsError(f"argument --image-size: {size} is out of range: it must be >= {low} ({which})")
+        raise SettingsError(
+            f"data.decode.image_size must be an integer >= {low} ({which}), got {size}: give --image-size {low} or more"
+        )
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or the one line of a bad flag (already printed)
+        return exc.code
     try:
         _check_image_size(args)
         return args.run(args)

@@ -90,10 +90,7 @@ def run_cli(home, *args):
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(["--root", str(home), *map(str, args)])
-        except SystemExit as exc:  # argparse's errors
-            code = exc.code
+        code = cli.main(["--root", str(home), *map(str, args)])
     return Ran(code, out.getvalue(), err.getvalue())
 
 

@@ -86,19 +86,16 @@ def test_names_csv_one_line_short_stops_prepare_and_train(tmp_path):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["prepare", "--image-size", "0"], "argument --image-size: 0 is out of range: it must be an integer >= 1"),
-        (["prepare", "--image-size", "-5"], "argument --image-size: -5 is out of range"),
+        (["prepare", "--image-size", "0"], "image_size must be an integer >= 16 (the smallest input any model of"),
+        (["prepare", "--image-size", "-5"], "got -5: give --image-size 16 or more"),
         (["train", "--epochs", "0"], "argument --epochs: 0 is out of range: it must be an integer >= 1"),
         (["train", "--epochs", "-1"], "argument --epochs: -1 is out of range"),
         (["search", "--trials", "0"], "argument --trials: 0 is out of range: it must be an integer >= 1"),
         (["search", "--trials", "-2"], "argument --trials: -2 is out of range"),
         (["predict", "--top", "0", "x.jpg"], "argument --top: 0 is out of range: it must be an integer >= 1"),
-        (
-            ["train", "--model", "alexnet", "--image-size", "50"],
-            "it must be >= 67 (the smallest input alexnet accepts)",
-        ),
-        (["train", "--image-size", "40"], "it must be >= 75 (inceptionv3's minimum"),
-        (["prepare", "--image-size", "8"], "it must be >= 16 (the smallest input any model of profile 'demo'"),
+        (["train", "--model", "alexnet", "--image-size", "50"], ">= 67 (the smallest input alexnet accepts), got 50"),
+        (["train", "--image-size", "40"], ">= 75 (inceptionv3's minimum, the largest of model1, alexnet"),
+        (["prepare", "--image-size", "8"], ">= 16 (the smallest input any model of profile 'demo' accepts)"),
     ],
 )
 def test_numbers_out_of_range_are_one_line_naming_the_argument(tmp_path, args, says):
