@@ -7,7 +7,9 @@ folder of stage ``"decoded"``. Training then reads batches from those memmaps
 
 The build is resumable: it works in chunks of rows, and each chunk is recorded
 done (through :meth:`StageCache.run_units`) only after its rows are written and
-flushed, so a killed build redoes only its unfinished chunks.
+flushed, so a killed build redoes only its unfinished chunks. Each image is
+decoded whole (:mod:`carclf.images`); the ones that cannot be are named or left
+out, and the arrays are checksummed by chunk (docs/integrity.md).
 """
 
 from __future__ import annotations

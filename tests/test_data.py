@@ -303,3 +303,29 @@ def test_fingerprint_follows_the_dataset_not_a_rewrite(pristine, tmp_path, layou
     annotations = root / ("anno_train.csv" if layout == "class-folder" else "devkit/cars_train_annos.mat")
     annotations.write_bytes(annotations.read_bytes()[:-3])
     assert dataset_fingerprint(root) != added
+
+
+# --------------------------------------------------------------------------- names and annotations disagree
+
+
+def test_names_out_of_order_stop_the_scan_naming_the_line(kaggle):
+    names = (kaggle / "names.csv").read_text().splitlines()
+    names[0], names[1] = names[1], names[0]
+    (kaggle / "names.csv").write_text("\n".join(names) + "\n")
+    with pytest.raises(DatasetError, match=r"names\.csv: line 1 names .* but the \d+ images annotated class 1 are in"):
+        load_stanford_cars(kaggle)
+
+
+def test_a_folder_no_name_maps_to_stops_the_scan(kaggle):
+    frame = load_stanford_cars(kaggle)
+    train_dir = kaggle / "car_data" / "car_data" / "train"
+    (train_dir / "Not A Class 1999").mkdir()
+    shutil.copy(image_of(frame)["path"], train_dir / "Not A Class 1999" / "77777.jpg")
+    with pytest.raises(DatasetError, match="the train folder 'Not A Class 1999' .* matches no line of names.csv"):
+        load_stanford_cars(kaggle)
+
+
+def test_a_class_id_below_one_stops_the_scan(kaggle):
+    rewrite_line(kaggle / "anno_test.csv", 3, set_fields(class_id=0))
+    with pytest.raises(DatasetError, match=r"anno_test\.csv line 3 has class id 0, not in 1\.\.5"):
+        load_stanford_cars(kaggle)
