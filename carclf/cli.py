@@ -6,18 +6,44 @@ before (from here or from the notebook) loads instead of recomputing. An
 interrupted command resumes where it stopped when run again.
 
 evaluate, report and predict never search or train: they read what is stored
-and say what to run when it is missing.
+and say what to run when it is missing. Every error is one line,
+"carclf: ...", with exit status 2.
 """
 
 import argparse
 import json
 import sys
 
+from carclf.cache.space import disk_full_message
 from carclf.data import DatasetError
-from carclf.settings import LABELS, MODEL_NAMES, SettingsError
+from carclf.settings import LABELS, MIN_INPUT_SIZES, MODEL_NAMES, PROFILES, SettingsError
 
-#: Exit status for bad input (a missing dataset, an unknown model, nothing trained yet).
+#: Exit status for bad input (a missing dataset, an unknown model, nothing trained yet, a bad flag, a full disk).
 USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors as the one ``carclf:`` line (the usage is what ``--help`` is for)."""
+
+    def error(self, message):
+        print(f"carclf: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
+def _at_least(low):
+    """An argparse type: an integer >= ``low``; 0 or a negative number is an error, never "the default"."""
+
+    def check(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer (it must be >= {low})") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: it must be an integer >= {low}")
+        return value
+
+    check.__name__ = f"integer >= {low}"
+    return check
 
 
 def _workspace(args, **overrides):
@@ -45,7 +71,7 @@ def _prepare(args):
 
     ws = _workspace(args)
     workflow.load_dataset(ws)
-    workflow.decode_images(ws)
+    workflow.decode_images(ws, strict=args.strict)
     print(workflow.summary(ws))
     return 0
 
@@ -117,6 +143,8 @@ def _evaluate(args):
 
     ws = _workspace(args)
     row = workflow.trained_run(ws, args.model, args.hyperparams)
+    if row.attrs.get("chosen"):
+        print(row.attrs["chosen"])
     evaluation = workflow.evaluate_run(ws, row)
     stem = f"{row['model']}_{row['hyperparams']}"
     workflow.plot_evaluation(ws, row["model"], row["hyperparams"], evaluation, stem=stem)
@@ -182,6 +210,8 @@ def _report(args):
         "* intervals are Wilson's (or bootstrap) at the confidence above; p-values are McNemar's exact test on "
         "the same test images; differs_* is False where the difference is not significant"
     )
+    for note in table.attrs.get("chosen", []):
+        print(note)
     missing = table.attrs["missing"]
     if missing:
         print("not trained yet: " + ", ".join(f"{name} ({label})" for name, label in missing))
@@ -198,6 +228,8 @@ def _predict(args):
 
     ws = _workspace(args)
     table = workflow.predict(ws, args.images, args.model, args.hyperparams, args.model_file, top=args.top, box=args.box)
+    if table.attrs.get("chosen"):
+        print(table.attrs["chosen"], file=sys.stderr)  # stdout stays the table (or the JSON)
     if args.json:
         out = {
             image: [
@@ -271,7 +303,11 @@ def _parents():
         help="dataset folder, the Kaggle class-folder copy or the Stanford devkit "
         "(default for full: data/stanford_cars)",
     )
-    profile.add_argument("--image-size", type=int, help="square input size in pixels (default: the profile's)")
+    profile.add_argument(
+        "--image-size",
+        type=int,
+        help="square input size in pixels, at least the models' minimum (default: the profile's)",
+    )
     profile.add_argument("--recipe", **_RECIPE)
     which = argparse.ArgumentParser(add_help=False)
     which.add_argument(
@@ -283,10 +319,15 @@ def _parents():
 
 
 def _stage_commands(command, profile, which):
-    command("prepare", _prepare, "load and validate the dataset, build the decoded image cache")
+    prepare = command("prepare", _prepare, "load and validate the dataset, build the decoded image cache")
+    prepare.add_argument(
+        "--strict", action="store_true", help="fail on any problem of the validation report (reports/validation.csv)"
+    )
     command("augment", _augment, "build the offline augmented training set; a grid of examples in reports/")
     search = command("search", _search, "run (or resume, or extend) the hyperparameter search")
-    search.add_argument("--trials", type=int, help="how many trials the search should have (more extends it)")
+    search.add_argument(
+        "--trials", type=_at_least(1), help="how many trials the search should have, >= 1 (more extends it)"
+    )
     train = command(
         "train",
         _train,
@@ -304,7 +345,7 @@ def _stage_commands(command, profile, which):
         default="both",
         help="which runs: optimal ones need the search, which runs first if it has not",
     )
-    train.add_argument("--epochs", type=int, help="the most epochs per run (default: the profile's)")
+    train.add_argument("--epochs", type=_at_least(1), help="the most epochs per run, >= 1 (default: the profile's)")
     evaluate = command(
         "evaluate",
         _evaluate,
@@ -323,7 +364,7 @@ def _stage_commands(command, profile, which):
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
     predict.add_argument("--model", metavar="NAME", help="the model (default: the best trained run)")
     predict.add_argument("--model-file", help="a saved .keras file to use instead of a trained run")
-    predict.add_argument("--top", type=int, default=5, help="how many classes per image (default: 5)")
+    predict.add_argument("--top", type=_at_least(1), default=5, help="how many classes per image, >= 1 (default: 5)")
     predict.add_argument(
         "--box",
         type=_box,
@@ -335,7 +376,7 @@ def _stage_commands(command, profile, which):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m carclf",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -374,12 +415,62 @@ def _is_bad_input(exc):
     return isinstance(exc, tuple(kinds))
 
 
+def _models_asked(args):
+    """The models a command will build at ``--image-size``: each must accept it (None: no model is built,
+    so one of the profile's accepting it is enough)."""
+    settings = PROFILES[args.profile]
+    if args.command == "train":
+        return args.model or list(settings.models)
+    if args.command == "search":
+        return [settings.search.model] if settings.search.input_size is None else []
+    if args.command in ("evaluate", "predict") and args.model:
+        return [args.model]
+    return None
+
+
+def _check_image_size(args):
+    """``--image-size`` against the models' minimum sizes (carclf.settings.MIN_INPUT_SIZES: no Keras import)."""
+    size = getattr(args, "image_size", None)
+    if size is None:
+        return
+    asked = _models_asked(args)
+    if asked is None:
+        models = list(PROFILES[args.profile].models)
+        low = min(MIN_INPUT_SIZES[m] for m in models)
+        which = f"the smallest input any model of profile {args.profile!r} accepts"
+    else:
+        known = [m for m in asked if m in MIN_INPUT_SIZES]  # an unknown name fails later, with its own hint
+        if not known:
+            return
+        low = max(MIN_INPUT_SIZES[m] for m in known)
+        model = max(known, key=MIN_INPUT_SIZES.get)
+        which = (
+            f"the smallest input {model} accepts"
+            if len(known) == 1
+            else f"{model}'s minimum, the largest of {', '.join(known)}"
+        )
+    if size < low:
+        raise SettingsError(
+            f"data.decode.image_size must be an integer >= {low} ({which}), got {size}: give --image-size {low} or more"
+        )
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or the one line of a bad flag (already printed)
+        return exc.code
+    try:
+        _check_image_size(args)
         return args.run(args)
+    except OSError as exc:
+        message = disk_full_message(exc)
+        if message is None:
+            raise
+        print(f"carclf: {message}", file=sys.stderr)
+        return USAGE_ERROR
     except Exception as exc:
         if not _is_bad_input(exc):
             raise
-        print(f"carclf: {exc}", file=sys.stderr)
+        print(f"carclf: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message
         return USAGE_ERROR

@@ -14,6 +14,14 @@ import pandas as pd
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 TIMING_COLUMNS = ["stage", "group", "wall_min", "cpu_min", "started", "status"]
 
+#: ``log.warning(..., extra=FILE_ONLY)`` goes to ``logs/carclf.log`` but not to the console (one line per file
+#: of a long list, such as the validation report's problems).
+FILE_ONLY = {"carclf_file_only": True}
+
+
+def _not_file_only(record) -> bool:
+    return not getattr(record, "carclf_file_only", False)
+
 
 def setup_logging(log_dir="logs", level=logging.INFO, filename="carclf.log"):
     """Send the ``carclf`` loggers to ``log_dir/filename`` and to the console.
@@ -30,7 +38,9 @@ def setup_logging(log_dir="logs", level=logging.INFO, filename="carclf.log"):
             logger.removeHandler(handler)
             handler.close()
     formatter = logging.Formatter(LOG_FORMAT)
-    for handler in (logging.FileHandler(log_dir / filename), logging.StreamHandler(sys.stderr)):
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_not_file_only)
+    for handler in (logging.FileHandler(log_dir / filename), console):
         handler.setFormatter(formatter)
         handler._carclf = True
         logger.addHandler(handler)
@@ -44,6 +54,16 @@ def cpu_seconds():
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _is_row(row) -> bool:
+    if len(row) != len(TIMING_COLUMNS) or not row[0] or not row[5]:
+        return False
+    try:
+        float(row[2]), float(row[3])
+    except ValueError:
+        return False
+    return True
 
 
 class _StageRun:
@@ -96,7 +116,9 @@ class StageTimer:
             )
 
     def _append(self, row):
-        new = not self.path.exists()
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            self._end_torn_line()
         with self.path.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=TIMING_COLUMNS)
             if new:
@@ -104,11 +126,31 @@ class StageTimer:
             writer.writerow(row)
             fh.flush()
 
+    def _end_torn_line(self):
+        """A process killed mid-write leaves a last line without its newline: end it, so the next row starts
+        on a line of its own (the torn one is skipped when read)."""
+        with self.path.open("rb+") as fh:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+
     def records(self):
-        """Every recorded run of every stage, oldest first."""
-        if not self.path.exists():
+        """Every recorded run of every stage, oldest first.
+
+        Lines that do not parse as a whole row (a write torn by a kill or a full disk) are left out, with a
+        warning naming the file.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
             return pd.DataFrame(columns=TIMING_COLUMNS)
-        return pd.read_csv(self.path)
+        with self.path.open(newline="", errors="replace") as fh:
+            rows = [row for row in csv.reader(fh) if row != TIMING_COLUMNS]
+        good = [row for row in rows if _is_row(row)]
+        if len(good) != len(rows):
+            self._log.warning(
+                "%s: %d damaged line(s) left out of the execution-time table", self.path, len(rows) - len(good)
+            )
+        frame = pd.DataFrame(good, columns=TIMING_COLUMNS)
+        return frame.astype({"wall_min": float, "cpu_min": float})
 
     def table(self):
         """The latest successful timing of each stage, stages as rows and groups as columns."""

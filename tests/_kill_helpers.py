@@ -49,20 +49,20 @@ DECODED_OPTIONS = {"chunk_size": 2, "workers": 1}
 
 
 def decoded(frame_pickle, root, delay):
-    import cv2
     import pandas as pd
 
+    from carclf import images
     from carclf.cache import StageCache
     from carclf.decoded import build_decoded_cache
     from carclf.settings import DecodeSettings
 
-    imread = cv2.imread
+    read = images.read_image
 
-    def slow_imread(*args, **kwargs):
+    def slow_read(*args, **kwargs):
         time.sleep(delay)
-        return imread(*args, **kwargs)
+        return read(*args, **kwargs)
 
-    cv2.imread = slow_imread  # this subprocess only: makes the kill land mid-build
+    images.read_image = slow_read  # this subprocess only: makes the kill land mid-build
     build_decoded_cache(
         pd.read_pickle(frame_pickle),
         StageCache(root),

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import logging
+import pickle
 import subprocess
 import sys
 import time
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers import kill, wait_for  # noqa: E402
+from _helpers import flip_bytes, kill, wait_for  # noqa: E402
 
 from carclf.cache import (
+    DamagedFileError,
     NotComputedError,
     StageCache,
     StageResult,
@@ -306,3 +308,69 @@ def test_run_units_resumes_after_sigkill(tmp_path):
     assert resumed.value == fresh.value
     assert list(resumed.value) == list(range(n))
     assert resumed.key == fresh.key
+
+
+def test_a_pickle_damaged_in_place_is_recomputed_naming_it(tmp_path, caplog):
+    cache = StageCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"weights": list(range(1000))}
+
+    path = cache.run("features", {"v": 1}, compute).path
+    size = path.stat().st_size
+    flip_bytes(path, size // 2)  # same size: unpickling alone might not notice
+    with caplog.at_level(logging.WARNING, logger="carclf.cache"):
+        result = cache.run("features", {"v": 1}, compute)
+    assert not result.loaded and len(calls) == 2 and path.stat().st_size == size
+    assert any(str(path) in r.getMessage() and "does not match the checksum" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DamagedFileError, match="no checksum"):
+        path.write_bytes(pickle.dumps({"a plain": "pickle"}))
+        load_pickle(path)
+
+
+def test_a_damaged_unit_is_the_only_one_recomputed(tmp_path):
+    cache = StageCache(tmp_path)
+    done = []
+
+    def unit(u):
+        done.append(u)
+        if u == 3 and len(done) == 4:
+            raise RuntimeError("stop after three units")
+        return u * u
+
+    with pytest.raises(RuntimeError):
+        cache.run_units("squares", {"n": 5}, range(5), unit)
+    parts = sorted(cache.parts_dir("squares", cache.key("squares", {"n": 5})).glob("*.pkl"))
+    flip_bytes(parts[1], parts[1].stat().st_size // 2, 2)
+    done.clear()
+    assert cache.run_units("squares", {"n": 5}, range(5), unit).value == {u: u * u for u in range(5)}
+    assert done == [1, 3, 4]  # the damaged unit and the unfinished ones
+
+
+LOCKED_STAGE = """
+import sys, time
+from carclf.cache import StageCache
+from carclf.runlog import setup_logging
+setup_logging(sys.argv[2])
+def compute():
+    open(sys.argv[3], "a").write("computed\\n")
+    time.sleep(3)
+    return 42
+print(StageCache(sys.argv[1]).run("slow", {"v": 1}, compute).loaded)
+"""
+
+
+def test_a_second_process_waits_for_the_first_and_loads_its_result(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text(LOCKED_STAGE)
+    calls = tmp_path / "calls.txt"
+    args = [sys.executable, str(script), str(tmp_path / "pickles"), str(tmp_path / "logs"), str(calls)]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    while not calls.exists():
+        time.sleep(0.05)
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    outs = [proc.communicate(timeout=60)[0].strip() for proc in (first, second)]
+    assert outs == ["False", "True"] and calls.read_text() == "computed\n"
+    assert "is being computed by another process; waiting for it" in (tmp_path / "logs" / "carclf.log").read_text()

@@ -150,7 +150,7 @@ def test_unknown_class_ids(kaggle):
     anno = kaggle / "anno_train.csv"
     rewrite_line(anno, 1, set_fields(class_id=0))
     rewrite_line(anno, 2, set_fields(class_id=N_CLASSES + 1))
-    frame = load_stanford_cars(kaggle)
+    frame = load_stanford_cars(kaggle, check_names=False)  # counted, not fatal (by default they are: below)
     report = frame.attrs["report"]
     assert [p.file for p in report.unknown_class_ids] == ["00001.jpg", "00002.jpg"]
     assert "anno_train.csv line 2" in report.unknown_class_ids[1].detail
@@ -165,7 +165,7 @@ def test_unknown_class_id_in_devkit(devkit):
     annotations = loadmat(path)["annotations"]
     annotations["class"][0, 0] = np.array([[0]], dtype=np.uint8)  # uint8: 0 - 1 must not wrap to 255
     savemat(path, {"annotations": annotations})
-    report = load_stanford_cars(devkit).attrs["report"]
+    report = load_stanford_cars(devkit, check_names=False).attrs["report"]
     assert [p.file for p in report.unknown_class_ids] == ["00001.jpg"]
 
 
@@ -219,14 +219,14 @@ def test_unknown_folder_and_folder_mismatch(kaggle):
     other = next(n for n in frame.attrs["class_names"] if n != moved["class_name"])
     shutil.move(moved["path"], train_dir / folder_name(other) / moved["filename"])
 
-    frame = load_stanford_cars(kaggle)
+    frame = load_stanford_cars(kaggle, check_names=False)
     report = frame.attrs["report"]
     assert [p.file for p in report.unknown_folders] == ["Not A Class 1999"]
     assert [p.file for p in report.folder_mismatches] == [moved["filename"]]
     kept = frame.query("filename == @moved['filename'] and split == 'train'").iloc[0]
     assert kept["class_id"] == moved["class_id"] and folder_name(other) in kept["path"]
     with pytest.raises(DatasetError, match="Not A Class 1999"):
-        load_stanford_cars(kaggle, strict=True)
+        load_stanford_cars(kaggle, strict=True, check_names=False)
 
 
 # --------------------------------------------------------------------------- fatal problems
@@ -303,3 +303,29 @@ def test_fingerprint_follows_the_dataset_not_a_rewrite(pristine, tmp_path, layou
     annotations = root / ("anno_train.csv" if layout == "class-folder" else "devkit/cars_train_annos.mat")
     annotations.write_bytes(annotations.read_bytes()[:-3])
     assert dataset_fingerprint(root) != added
+
+
+# --------------------------------------------------------------------------- names and annotations disagree
+
+
+def test_names_out_of_order_stop_the_scan_naming_the_line(kaggle):
+    names = (kaggle / "names.csv").read_text().splitlines()
+    names[0], names[1] = names[1], names[0]
+    (kaggle / "names.csv").write_text("\n".join(names) + "\n")
+    with pytest.raises(DatasetError, match=r"names\.csv: line 1 names .* but the \d+ images annotated class 1 are in"):
+        load_stanford_cars(kaggle)
+
+
+def test_a_folder_no_name_maps_to_stops_the_scan(kaggle):
+    frame = load_stanford_cars(kaggle)
+    train_dir = kaggle / "car_data" / "car_data" / "train"
+    (train_dir / "Not A Class 1999").mkdir()
+    shutil.copy(image_of(frame)["path"], train_dir / "Not A Class 1999" / "77777.jpg")
+    with pytest.raises(DatasetError, match="the train folder 'Not A Class 1999' .* matches no line of names.csv"):
+        load_stanford_cars(kaggle)
+
+
+def test_a_class_id_below_one_stops_the_scan(kaggle):
+    rewrite_line(kaggle / "anno_test.csv", 3, set_fields(class_id=0))
+    with pytest.raises(DatasetError, match=r"anno_test\.csv line 3 has class id 0, not in 1\.\.5"):
+        load_stanford_cars(kaggle)

@@ -163,14 +163,17 @@ def test_undecodable_file_raises_naming_it(tmp_path, frame):
 
 @pytest.fixture
 def count_imread(monkeypatch):
+    """Every image file read (the decoder reads each through carclf.images.read_image)."""
+    from carclf import images
+
     calls = []
-    imread = cv2.imread
+    read = images.read_image
 
     def counting(*args, **kwargs):
         calls.append(args[0])
-        return imread(*args, **kwargs)
+        return read(*args, **kwargs)
 
-    monkeypatch.setattr(cv2, "imread", counting)
+    monkeypatch.setattr(images, "read_image", counting)
     return calls
 
 
@@ -317,3 +320,51 @@ def test_batch_order_depends_on_seed_and_epoch_only(numbered):
     other_seed, _ = epoch_indices(numbered, seed=1, epoch=0)
     assert e1 != e0 and other_seed != e0
     assert sorted(e1) == sorted(e0)
+
+
+def test_an_array_damaged_in_place_is_checked_and_only_its_chunk_decoded_again(tmp_path, frame, count_imread, caplog):
+    from _helpers import flip_bytes
+
+    cache = StageCache(tmp_path)
+    first = build_decoded_cache(frame, cache, DecodeSettings(image_size=(8, 8)), chunk_size=4, progress=False)
+    reference = np.array(first["train"].images)
+    path = Path(first["train"].images.filename)
+    del first
+    flip_bytes(path, path.stat().st_size - 100, 8)  # the same size: only the checksums can tell
+    count_imread.clear()
+    with caplog.at_level("WARNING", logger="carclf.decoded"):
+        again = build_decoded_cache(frame, cache, DecodeSettings(image_size=(8, 8)), chunk_size=4, progress=False)
+    np.testing.assert_array_equal(again["train"].images, reference)
+    assert len(count_imread) == 4  # the last chunk's rows, no others
+    assert f"{path}: rows" in caplog.text and "are damaged; decoding them again" in caplog.text
+    count_imread.clear()
+    build_decoded_cache(frame, cache, DecodeSettings(image_size=(8, 8)), chunk_size=4, progress=False)
+    assert count_imread == []  # checked once, not read again
+
+
+def test_images_that_cannot_be_decoded_whole_are_left_out_and_listed(tmp_path, frame):
+    from carclf.decoded import decode_problems
+
+    broken = frame.copy()
+    data = Path(broken.loc[3, "path"]).read_bytes()
+    Path(broken.loc[3, "path"]).write_bytes(data[: len(data) // 2])  # a JPEG cut off halfway
+    cache = StageCache(tmp_path / "pickles")
+    decoded = build_decoded_cache(
+        broken, cache, DecodeSettings(image_size=(8, 8)), chunk_size=4, progress=False, on_error="skip"
+    )
+    train = broken[broken.split == "train"]
+    assert decoded["train"].paths == [p for p in train.path if p != broken.loc[3, "path"]]
+    assert decoded["train"].images.shape == (len(train) - 1, 8, 8, 3)
+    (problem,) = decode_problems(decoded)
+    assert problem["kind"] == "unreadable_images" and problem["path"] == broken.loc[3, "path"]
+    assert "Premature end of JPEG file" in problem["detail"]
+    for i, path in enumerate(decoded["train"].paths):  # the rows after the gap are their own images
+        row = broken[broken.path == path].iloc[0]
+        box = (row.x1, row.y1, row.x2, row.y2)
+        np.testing.assert_array_equal(
+            decoded["train"].images[i], decode_image(path, box, DecodeSettings(image_size=(8, 8)))
+        )
+    reopened = build_decoded_cache(
+        broken, cache, DecodeSettings(image_size=(8, 8)), chunk_size=4, progress=False, on_error="skip"
+    )
+    assert cache.events[-1][2] == "loaded" and decode_problems(reopened) == [problem]

@@ -75,3 +75,18 @@ def test_a_stage_that_only_loaded_keeps_the_minutes_of_the_run_that_computed_it(
         raise LookupError("not stored")
     assert list(timer.records()["status"]) == ["ok", "cached", "missing"]
     assert timer.table().loc["decode images", ("default", "wall_min")] >= 0.3 / 60
+
+
+def test_a_torn_last_line_is_left_out_and_the_next_row_starts_a_line(tmp_path, caplog):
+    timer = StageTimer(tmp_path / "timings.csv")
+    with timer.stage("load dataset"):
+        pass
+    with open(timer.path, "a") as fh:
+        fh.write("decode images,default,0.0")  # a kill in the middle of a write
+    with caplog.at_level("WARNING", logger="carclf.timer"):
+        assert list(timer.records()["stage"]) == ["load dataset"]
+    assert "1 damaged line(s) left out" in caplog.text and str(timer.path) in caplog.text
+    with timer.stage("decode images"):
+        pass
+    assert list(timer.records()["stage"]) == ["load dataset", "decode images"]
+    assert list(timer.table().index) == ["load dataset", "decode images", "Total (hours)"]

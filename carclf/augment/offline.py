@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
@@ -16,33 +15,29 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import albumentations as A
 import cv2
 import numpy as np
 
+from carclf.augment.manifest import AugmentedSet, damaged_files, manifest_bytes, read_manifest
 from carclf.augment.pipeline import augment_with, build_pipeline, cached_pipeline, check_declaration, pipeline_for
-from carclf.cache import StageCache, atomic_write, canonical, unit_filename
-from carclf.decoded import build_decoded_cache
+from carclf.cache import StageCache, atomic_write, canonical, check_free_space, file_sha256, unit_filename
 from carclf.paths import usable_cpus
-from carclf.settings import AugmentSettings, DecodeSettings, check_positive_int, non_negative_int
+from carclf.settings import AugmentSettings, check_positive_int, non_negative_int
 from carclf.splits import DecodedSplit
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 log = logging.getLogger("carclf.augment")
 
-__all__ = ["AUGMENT_VERSION", "AugmentedSet", "STAGE", "build_augmented_set", "read_manifest", "source_fingerprint"]
+__all__ = ["AUGMENT_VERSION", "STAGE", "build_augmented_set", "source_fingerprint"]
 
 #: The stage name of the offline augmented set in the StageCache.
 STAGE = "augmented"
 
-#: Bumped when the way variants are made or named changes (old sets are not reused).
-AUGMENT_VERSION = 1
+#: Bumped when the way variants are made or named changes (old sets are not reused). 2: sha256 per file.
+AUGMENT_VERSION = 2
 
 _FORMATS = {"jpg": ".jpg", "png": ".png"}
 
@@ -135,23 +130,27 @@ def _encode(image, fmt, quality):
 
 
 def _run_task(task):
-    """Write the missing variants of rows [start, stop); return how many files were written.
+    """Write the missing variants of rows [start, stop); return how many files were written and the sha256
+    of every file of the rows (the manifest lists them, so a damaged file is found when the set is read).
 
     Every file is renamed into place before this returns; the caller syncs the chunk.
     """
     images, base = _open_source(task["source"])
     pipeline = cached_pipeline(task["pipeline"])
-    folder, written = Path(task["folder"]), 0
+    folder, written, sums = Path(task["folder"]), 0, {}
     for row, names in zip(range(task["start"], task["stop"]), task["names"]):
         for variant, name in enumerate(names):
             path = folder / name
             if path.exists():  # finished earlier (written atomically: never partial)
+                sums[name] = file_sha256(path)
                 continue
             image = augment_with(pipeline, np.asarray(images[row - base]), task["seed"], row, variant)
+            data = _encode(image, task["format"], task["quality"])
             # Not fsynced one by one: the chunk is synced once before it is recorded done.
-            atomic_write(path, _encode(image, task["format"], task["quality"]), durable=False)
+            atomic_write(path, data, durable=False)
+            sums[name] = hashlib.sha256(data).hexdigest()
             written += 1
-    return written
+    return written, sums
 
 
 def _worker_init():
@@ -170,7 +169,7 @@ class _Runner:
         self.workers, self.executor = workers, executor
         self.progress, self.total, self.initial = progress, total, initial
         self.pool = self.bar = None
-        self.written = 0
+        self.written, self.sums = 0, {}
         self._cv2_threads = None
 
     def _start(self):
@@ -191,8 +190,12 @@ class _Runner:
             self.pool = ProcessPoolExecutor(helpers, mp_context=context, initializer=_worker_init)
 
     def _here(self, task):
-        self.written += _run_task(task)
+        self._add(*_run_task(task))
         self.bar.update(task["count"])
+
+    def _add(self, written, sums):
+        self.written += written
+        self.sums.update(sums)
 
     def run(self, tasks):
         if self.bar is None:
@@ -209,7 +212,7 @@ class _Runner:
                 self._here(task)
             for future, task in zip(futures, tasks):
                 if not future.cancelled():
-                    self.written += future.result()
+                    self._add(*future.result())
                     self.bar.update(task["count"])
         except BrokenProcessPool as exc:
             raise RuntimeError(
@@ -229,81 +232,6 @@ class _Runner:
             self.bar.close()
         if self._cv2_threads is not None:
             cv2.setNumThreads(self._cv2_threads)
-
-
-@dataclass
-class AugmentedSet:
-    """The offline augmented set: files in ``folder`` listed by ``manifest``.
-
-    ``manifest`` columns: ``file`` (relative to ``folder``), ``source`` (the
-    original image), ``row`` (its row in the source split), ``variant``,
-    ``class_id`` and ``path`` (absolute). ``written``: files written by the
-    call that returned this (0 when the set was only opened).
-    """
-
-    folder: Path
-    key: str
-    manifest: pd.DataFrame = field(repr=False)
-    image_size: tuple
-    num_classes: int
-    n_variants: int
-    seed: int
-    loaded: bool
-    written: int = 0
-    cache: StageCache | None = field(default=None, repr=False, compare=False)
-
-    def __len__(self):
-        return len(self.manifest)
-
-    def frame(self) -> pd.DataFrame:
-        """The manifest as a ``build_decoded_cache`` frame (whole images, box = the full image)."""
-        import pandas as pd
-
-        height, width = self.image_size
-        m = self.manifest
-        return pd.DataFrame(
-            {
-                "path": m["path"].astype(str),
-                "split": "train",
-                "class_id": m["class_id"].astype("int64"),
-                "x1": 0,
-                "y1": 0,
-                "x2": width,
-                "y2": height,
-                "width": width,
-                "height": height,
-            }
-        )
-
-    def to_split(self, cache: StageCache | None = None, workers=None, progress=True) -> DecodedSplit:
-        """The variants decoded into a memmap (the decoded cache's machinery, stage ``decoded``), in manifest order.
-
-        ``cache`` defaults to the one the set was built with.
-        """
-        cache = cache or self.cache
-        if cache is None:
-            raise ValueError("to_split needs a StageCache to hold the decoded variants")
-        whole = DecodeSettings(image_size=self.image_size, crop="full", margin=0.0)
-        decoded = build_decoded_cache(self.frame(), cache, whole, workers=workers, progress=progress)["train"]
-        return DecodedSplit(decoded.images, decoded.class_ids, decoded.paths, "augmented", self.num_classes)
-
-
-def read_manifest(folder) -> pd.DataFrame:
-    """``folder/manifest.csv`` with an absolute ``path`` column added."""
-    import pandas as pd
-
-    folder = Path(folder)
-    manifest = pd.read_csv(folder / "manifest.csv", dtype={"file": str, "source": str})
-    manifest["path"] = [str(folder / f) for f in manifest["file"]]
-    return manifest
-
-
-def _manifest_bytes(records) -> bytes:
-    import pandas as pd
-
-    text = io.StringIO()
-    pd.DataFrame(records, columns=["file", "source", "row", "variant", "class_id"]).to_csv(text, index=False)
-    return text.getvalue().encode("utf-8")
 
 
 def build_augmented_set(
@@ -428,12 +356,8 @@ class _Build:
 
     def run(self) -> AugmentedSet:
         result = self._run_stage()
-        files_there = (self.folder / "manifest.csv").is_file() and all(
-            (self.folder / name).is_file() for row in self.names for name in row
-        )
-        if result.loaded and not files_there:
-            log.warning("augmented files in %s are missing; writing them again", self.folder)
-            self.cache.invalidate(STAGE, self.key)
+        if result.loaded and not self._files_intact():
+            self.cache.invalidate(STAGE, self.key)  # the files are kept: only the missing ones are written again
             result = self._run_stage()
         written = self.runner.written
         if not result.loaded:
@@ -451,7 +375,29 @@ class _Build:
             result.loaded,
             written,
             self.cache,
+            rebuild=self.run,
         )
+
+    def _files_intact(self) -> bool:
+        """Whether every file of a finished set is there as written; a damaged one is logged and removed."""
+        if not (self.folder / "manifest.csv").is_file():
+            log.warning("the manifest of the augmented set %s is missing; writing the set again", self.folder)
+            return False
+        manifest = read_manifest(self.folder)
+        damaged = damaged_files(self.folder, manifest) if "sha256" in manifest else list(manifest["file"])
+        for name in damaged:
+            log.warning(
+                "augmented image %s is missing or damaged (not as written); writing it again", self.folder / name
+            )
+            (self.folder / name).unlink(missing_ok=True)
+        return not damaged
+
+    def _check_space(self):
+        """The files still to write must fit (estimated from the image size: docs/integrity.md)."""
+        missing = sum(1 for row in self.names for name in row if not (self.folder / name).exists())
+        height, width = self.image_size
+        per_file = height * width * 3 * (0.3 if self.image_format == "jpg" else 1.0)
+        check_free_space(self.folder, int(missing * per_file), f"{missing} augmented images")
 
     def _run_stage(self):
         parts = self.cache.parts_dir(STAGE, self.key)
@@ -463,6 +409,8 @@ class _Build:
         total = len(self.split) * self.n_variants
         self.runner = _Runner(self.workers, self.executor, self.progress, total, done_rows * self.n_variants)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.cache.exists(STAGE, self.key):
+            self._check_space()
         try:
             return self.cache.run_units(
                 STAGE,
@@ -503,16 +451,18 @@ class _Build:
             )
         self.runner.run(tasks)
         os.sync()  # the chunk's files reach the disk before the chunk is recorded as done
-        return {"start": start, "stop": stop}
+        names = [name for row in self.names[start:stop] for name in row]
+        return {"start": start, "stop": stop, "sha256": {name: self.runner.sums[name] for name in names}}
 
     def _combine(self, done):
         class_ids = np.asarray(self.split.class_ids, dtype=np.int64)
+        sums = {name: digest for value in done.values() for name, digest in value["sha256"].items()}
         records = [
-            (self.names[row][v], self.paths[row], row, v, int(class_ids[row]))
+            (self.names[row][v], self.paths[row], row, v, int(class_ids[row]), sums[self.names[row][v]])
             for row in range(len(self.split))
             for v in range(self.n_variants)
         ]
-        atomic_write(self.folder / "manifest.csv", _manifest_bytes(records))
+        atomic_write(self.folder / "manifest.csv", manifest_bytes(records))
         # a SIGKILL mid-write can leave a temp file; every result file is in place now
         for stale in self.folder.glob(".*.tmp"):
             with contextlib.suppress(OSError):

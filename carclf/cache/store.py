@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from carclf.cache.files import TMP_SUFFIX, atomic_pickle, atomic_write, load_pickle
+from carclf.cache.files import TMP_SUFFIX, DamagedFileError, atomic_pickle, atomic_write, load_pickle
 from carclf.cache.keys import canonical, config_hash
 
 log = logging.getLogger("carclf.cache")
@@ -91,6 +91,29 @@ class StageCache:
         self.events: list[tuple[str, str, str]] = []
         self._frozen: tuple[str, ...] = ()
 
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str):
+        """One process at a time computes a stage's result: a second one waits here (logged), then loads it.
+
+        A file lock (``filelock``) on ``<stage>/<key>.lock``, released when the process ends, however it ends;
+        re-entrant within a process (a stage that locks around :meth:`run_units` itself).
+        """
+        from filelock import FileLock, Timeout
+
+        path = self.stage_dir(stage) / f"{_check_name('key', key)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path.resolve(), is_singleton=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("stage %s (key %s) is being computed by another process; waiting for it (%s)", stage, key, path)
+            lock.acquire()
+            log.info("stage %s (key %s): the other process is done; taking its result", stage, key)
+        try:
+            yield
+        finally:
+            lock.release()
+
     def __repr__(self):
         return f"StageCache({str(self.root)!r})"
 
@@ -144,8 +167,12 @@ class StageCache:
         finally:
             self._frozen = before
 
+    def may_compute(self, stage: str) -> bool:
+        """False inside :meth:`only_cached` for ``stage``: results are read, never computed or removed."""
+        return not any(stage == s or (s.endswith("-") and stage.startswith(s)) for s in self._frozen)
+
     def _check_may_compute(self, stage: str, key: str) -> None:
-        if any(stage == s or (s.endswith("-") and stage.startswith(s)) for s in self._frozen):
+        if not self.may_compute(stage):
             raise NotComputedError(stage, key, self.path(stage, key))
 
     # -- loading and saving ------------------------------------------------- #
@@ -159,7 +186,10 @@ class StageCache:
             envelope = load_pickle(path)
             if not (isinstance(envelope, dict) and envelope.get("key") == key and "value" in envelope):
                 raise ValueError("not a carclf stage result for this key")
-        except Exception as exc:  # truncated, corrupt, or from code that no longer exists
+        except DamagedFileError as exc:
+            log.warning("damaged result %s; recomputing stage %s (this result only)", exc, stage)
+            return False, None
+        except Exception as exc:  # unreadable, or from code that no longer exists
             log.warning("stale result %s (%s: %s); recomputing stage %s", path, type(exc).__name__, exc, stage)
             return False, None
         log.info("loaded stage %s from %s", stage, path)
@@ -187,17 +217,28 @@ class StageCache:
         self.events.append((stage, key, "loaded" if loaded else "computed"))
         return StageResult(stage, key, value, loaded, self.path(stage, key))
 
-    def run(self, stage: str, config, compute: Callable[[], Any], deps: Iterable = ()) -> StageResult:
-        """Load the stage's finished result, or ``compute()`` it and save it."""
+    def run(
+        self, stage: str, config, compute: Callable[[], Any], deps: Iterable = (), lock: bool = True
+    ) -> StageResult:
+        """Load the stage's finished result, or ``compute()`` it and save it.
+
+        With ``lock`` (the default), a second process asking for the same result while it is computed waits
+        for it and loads it (:meth:`lock`); work that coordinates its own processes (the Optuna search's
+        parallel workers) passes ``lock=False``.
+        """
         deps = list(deps)
         key = self.key(stage, config, deps)
         found, value = self._load(stage, key)
         if found:
             return self._finish(stage, key, value, True)
         self._check_may_compute(stage, key)
-        log.info("computing stage %s (key %s)", stage, key)
-        value = compute()
-        self._save(stage, key, config, deps, value)
+        with self.lock(stage, key) if lock else contextlib.nullcontext():
+            found, value = self._load(stage, key)  # finished by the process we waited for
+            if found:
+                return self._finish(stage, key, value, True)
+            log.info("computing stage %s (key %s)", stage, key)
+            value = compute()
+            self._save(stage, key, config, deps, value)
         return self._finish(stage, key, value, False)
 
     def run_units(
@@ -229,7 +270,16 @@ class StageCache:
         if found:
             return self._finish(stage, key, value, True)
         self._check_may_compute(stage, key)
+        with self.lock(stage, key):
+            found, value = self._load(stage, key)  # finished by the process we waited for
+            if found:
+                return self._finish(stage, key, value, True)
+            value = self._compute_units(stage, key, units, names, compute_unit, combine, progress)
+            self._save(stage, key, config, deps, value, extra={"units": len(units)})
+            shutil.rmtree(self.parts_dir(stage, key), ignore_errors=True)
+        return self._finish(stage, key, value, False)
 
+    def _compute_units(self, stage, key, units, names, compute_unit, combine, progress):
         parts = self.parts_dir(stage, key)
         done: dict[Any, Any] = {}
         for unit, name in zip(units, names):
@@ -256,10 +306,35 @@ class StageCache:
                 bar.update(1)
 
         ordered = {unit: done[unit] for unit in units}
-        value = combine(ordered) if combine is not None else ordered
-        self._save(stage, key, config, deps, value, extra={"units": len(units)})
-        shutil.rmtree(parts, ignore_errors=True)
-        return self._finish(stage, key, value, False)
+        return combine(ordered) if combine is not None else ordered
+
+    # -- what is stored --------------------------------------------------- #
+
+    def load(self, stage: str, key: str) -> StageResult | None:
+        """The finished result of ``stage`` under ``key`` (checked as every load is), or None."""
+        found, value = self._load(stage, key)
+        return self._finish(stage, key, value, True) if found else None
+
+    def note(self, stage: str, key: str, **fields) -> None:
+        """Add ``fields`` to the ``.json`` note of a finished result (who asked for it, under which name)."""
+        meta = self.meta(stage, key)
+        if meta is not None and any(meta.get(k) != v for k, v in fields.items()):
+            meta.update(fields)
+            atomic_write(self.meta_path(stage, key), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+    def meta(self, stage: str, key: str) -> dict | None:
+        """The ``.json`` note of a finished result, or None."""
+        try:
+            return json.loads(self.meta_path(stage, key).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stored(self, stage: str) -> list[tuple[str, dict]]:
+        """``(key, note)`` of every finished result of ``stage``, the most recently written first."""
+        folder = self.stage_dir(stage)
+        found = [(p.stem, self.meta(stage, p.stem)) for p in folder.glob("*.pkl")] if folder.is_dir() else []
+        found = [(key, meta) for key, meta in found if meta is not None]
+        return sorted(found, key=lambda item: item[1].get("written", ""), reverse=True)
 
     # -- housekeeping ------------------------------------------------------- #
 

@@ -37,6 +37,7 @@ class ValidationReport:
     unknown_class_ids: list = field(default_factory=list)
     duplicate_annotations: list = field(default_factory=list)
     unreadable_images: list = field(default_factory=list)
+    decoder_warnings: list = field(default_factory=list)
     degenerate_boxes: list = field(default_factory=list)
     folder_mismatches: list = field(default_factory=list)
     unknown_folders: list = field(default_factory=list)
@@ -63,15 +64,35 @@ class ValidationReport:
         """True when nothing was left out or misplaced (clipped boxes allowed)."""
         return not self.problems(include_notes=False)
 
-    def summary(self) -> str:
-        """A short multi-line account: where, what was kept, and each count."""
+    def summary(self, listing=None) -> str:
+        """A short multi-line account: where, what was kept, and each count; ``listing`` is where the list
+        of problems is (``reports/validation.csv``), for the status line."""
         kept = ", ".join(f"{s} {self.images.get(s, 0)}/{self.annotations.get(s, 0)}" for s in SPLITS)
         lines = [f"Stanford Cars at {self.root} ({self.layout} layout)", f"  images kept / annotated: {kept}"]
         lines += [f"  {kind.replace('_', ' ')}: {n}" for kind, n in self.counts().items()]
-        lines.append("  status: " + ("ok" if self.ok else "problems found (see report.to_frame())"))
+        where = f"listed file by file in {listing}" if listing else "listed by report.to_frame()"
+        lines.append("  status: " + ("ok" if self.ok else f"problems found, {where}"))
+        if self.problems() and listing and self.ok:
+            lines[-1] += f" (the clipped boxes are listed in {listing})"
         return "\n".join(lines)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per problem: ``problem``, ``split``, ``file``, ``detail``."""
         rows = [(kind, *p) for kind, p in self.problems()]
         return pd.DataFrame(rows, columns=["problem", "split", "file", "detail"])
+
+    def add_decode_problems(self, problems) -> int:
+        """Add what decoding found (``carclf.decoded.decode_problems``): images that could not be decoded whole
+        (left out of training) and the decoder's warnings. Returns how many were new (a second call adds none)."""
+        known = set(self.problems())
+        added = 0
+        for p in problems:
+            detail = p["detail"] + ("; left out of training" if p["kind"] == "unreadable_images" else "")
+            problem = Problem(p["split"], p["path"].replace("\\", "/").rsplit("/", 1)[-1], f"decoding {detail}")
+            if (p["kind"], problem) in known:
+                continue
+            getattr(self, p["kind"]).append(problem)
+            added += 1
+            if p["kind"] == "unreadable_images" and p["split"] in self.images:
+                self.images[p["split"]] -= 1
+        return added

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from carclf.data.agreement import check_names_agree
 from carclf.data.annotations import class_names, read_annotations
 from carclf.data.layout import (
     CLASS_FOLDER,
@@ -155,15 +156,18 @@ def _fit_box(box, width, height):
     return (fitted if not degenerate else (0, 0, width, height)), fitted != tuple(box), degenerate
 
 
-def scan_stanford_cars(root, check_images: bool = False, workers: int | None = None):
+def scan_stanford_cars(root, check_images: bool = False, workers: int | None = None, check_names: bool = True):
     """Read the dataset at ``root`` (either layout) into ``(frame, report)``.
 
     The frame has one row per usable image (see :data:`COLUMNS`), sorted by
     split (train first) then filename; ``class_id`` is 0-based. Boxes are
     clipped to the image. ``check_images=True`` fully decodes every image
-    (slow) instead of reading only its header. ``workers`` threads read the
-    images (default: a few per CPU, as the work is mostly waiting on disk).
-    Raises :class:`DatasetError` when the dataset cannot be used at all.
+    (slow) instead of reading only its header (the decoded cache decodes
+    every image anyway). ``workers`` threads read the images (default: a few
+    per CPU, as the work is mostly waiting on disk). Raises
+    :class:`DatasetError` when the dataset cannot be used at all, and, with
+    ``check_names`` (the default), when the class names and the annotations
+    disagree (:func:`check_names_agree`).
     """
     path = _root(root)
     layout = detect_layout(path)
@@ -175,6 +179,8 @@ def scan_stanford_cars(root, check_images: bool = False, workers: int | None = N
         report.annotations[split] = len(anns)
         locate = _locate_class_folder if layout == CLASS_FOLDER else _locate_devkit
         located += locate(_image_dir(path, layout, split), anns, names, report, split)
+    if check_names:
+        check_names_agree(path, layout, names, report, located)
 
     workers = workers or min(16, 4 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
@@ -219,7 +225,9 @@ def _row(located, header, names, report: ValidationReport):
     return (file, ann.filename, ann.split, cid, names[cid], *box, width, height, mode, clipped, degenerate)
 
 
-def load_stanford_cars(root, strict: bool = False, check_images: bool = False) -> pd.DataFrame:
+def load_stanford_cars(
+    root, strict: bool = False, check_images: bool = False, check_names: bool = True
+) -> pd.DataFrame:
     """The dataset at ``root`` as a frame (see :func:`scan_stanford_cars`).
 
     Logs the report's summary to the ``carclf.data`` logger and attaches the
@@ -227,8 +235,9 @@ def load_stanford_cars(root, strict: bool = False, check_images: bool = False) -
     ``frame.attrs["class_names"]``). With ``strict=True`` any problem other
     than a clipped box raises :class:`DatasetError` listing them.
     """
-    frame, report = scan_stanford_cars(root, check_images=check_images)
-    log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary())
+    frame, report = scan_stanford_cars(root, check_images=check_images, check_names=check_names)
+    # Headers only: the decoded cache decodes every image and adds what it finds (workflow.decode_images).
+    log.log(logging.INFO if report.ok else logging.WARNING, "scanned (image headers only): %s", report.summary())
     if strict and not report.ok:
         problems = report.problems(include_notes=False)
         shown = [f"  {kind}: {p.split} {p.file}: {p.detail}" for kind, p in problems[:20]]

@@ -168,7 +168,11 @@ class Incomplete(Exception):
 def finish(ctx: SearchContext, config: dict, compute: Callable[[], SearchResult]) -> SearchResult:
     """Load the finished result of ``config`` or compute it; store it with a readable JSON beside."""
     try:
-        stored = ctx.store.cache.run(RESULT_STAGE, config, lambda: compute().to_value(), deps=ctx.deps)
+        # Optuna's parallel workers share one study and each run the search: none may wait for another.
+        parallel = ctx.settings.backend == "optuna"
+        stored = ctx.store.cache.run(
+            RESULT_STAGE, config, lambda: compute().to_value(), deps=ctx.deps, lock=not parallel
+        )
     except Incomplete as stop:
         log.warning(
             "%s: the search stopped after %d of %d trials; the result is not stored",

@@ -7,6 +7,7 @@ flags with these before Keras is loaded.
 
 from carclf.settings.checks import (
     LABELS,
+    MIN_INPUT_SIZES,
     MODEL_NAMES,
     Settings,
     SettingsError,
@@ -51,6 +52,7 @@ __all__ = [
     "FULL",
     "Hyperparams",
     "LABELS",
+    "MIN_INPUT_SIZES",
     "MODEL_NAMES",
     "OptunaSettings",
     "PROFILES",

@@ -11,6 +11,19 @@ from dataclasses import field, fields
 #: The eight models in the report's order: ``carclf.models.NAMES`` without importing Keras (a test pins the two).
 MODEL_NAMES = ("model1", "alexnet", "vgg16", "resnet50", "densenet121", "imagenet", "efficientnetb0", "inceptionv3")
 
+#: Each model's smallest input height and width: ``carclf.models.MIN_INPUT_SIZE`` without importing Keras (the
+#: command line checks ``--image-size`` with it; a test pins the two).
+MIN_INPUT_SIZES = {
+    "model1": 16,
+    "alexnet": 67,
+    "vgg16": 32,
+    "resnet50": 32,
+    "densenet121": 32,
+    "imagenet": 32,
+    "efficientnetb0": 32,
+    "inceptionv3": 75,
+}
+
 #: The two runs of every model: the profile's default hyperparameters and the search's optimal ones.
 LABELS = ("default", "optimal")
 

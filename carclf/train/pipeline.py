@@ -27,7 +27,7 @@ from carclf.train.callbacks import create_callbacks
 from carclf.train.optimizers import TRAINING_KEYS, current_lr, make_optimizer, optimizer_settings
 from carclf.train.result import TrainResult
 from carclf.train.resume import TRAIN_FORMAT, Clock, ResumableState, load_state
-from carclf.train.saving import history_csv, publish, save_array, save_model_atomic
+from carclf.train.saving import history_csv, intact_model_file, publish, save_array, save_model_atomic
 
 log = logging.getLogger("carclf.train")
 
@@ -238,11 +238,16 @@ def _run_stage(run: _Run, deps: list, timer_group: str) -> TrainResult:
 
 
 def _forget_lost_run(run: _Run, stage: str) -> None:
-    """A stored result whose model file is gone is trained again rather than handed out."""
+    """A stored result whose model file is gone or damaged is trained again rather than handed out (a reader,
+    which may not train, keeps it and says so when it needs the file)."""
     model_file = run.run_dir / f"{run.model_name}.keras"
-    if run.store.cache.exists(stage, run.key) and not model_file.is_file():
+    cache = run.store.cache
+    if cache.may_compute(stage) and cache.exists(stage, run.key) and not intact_model_file(model_file):
         log.warning(
-            "%s: the stored result %s has lost its model file %s; training again", run.model_name, run.key, model_file
+            "%s: the stored result %s has lost its model file %s (missing or damaged); training again",
+            run.model_name,
+            run.key,
+            model_file,
         )
         run.store.cache.invalidate(stage, run.key)
 

@@ -11,16 +11,32 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from carclf.cache import atomic_open, atomic_write
+from carclf.cache import DamagedFileError, atomic_open, atomic_write, check_free_space
 from carclf.device import precision_policy
 
-__all__ = ["history_csv", "load_model", "publish", "save_array", "save_model_atomic"]
+__all__ = [
+    "check_model_file",
+    "history_csv",
+    "intact_model_file",
+    "load_model",
+    "publish",
+    "save_array",
+    "save_model_atomic",
+]
+
+
+def _size_estimate(model) -> int:
+    """The bytes a ``.keras`` file of ``model`` takes: its variables and its optimizer's, plus the config."""
+    variables = list(model.variables) + list(getattr(getattr(model, "optimizer", None), "variables", []) or [])
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables) + (1 << 20)
 
 
 def save_model_atomic(model, path) -> Path:
-    """``model.save(path)`` through a temporary ``.keras`` file renamed over ``path``."""
+    """``model.save(path)`` through a temporary ``.keras`` file renamed over ``path``; the space it needs
+    (estimated from the parameter count) is checked first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path.parent, _size_estimate(model), f"the model file {path.name}")
     tmp = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp.keras"
     try:
         model.save(tmp)
@@ -48,6 +64,31 @@ def publish(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
+def check_model_file(path) -> Path:
+    """``path`` if it is a whole ``.keras`` file: a zip archive whose every member matches its CRC-32 (the
+    checksum the format carries); else :class:`carclf.cache.DamagedFileError` naming it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DamagedFileError(path, f"not a whole .keras file ({exc})") from None
+    if bad is not None or "config.json" not in names:
+        raise DamagedFileError(path, f"a damaged .keras file ({bad or 'no config.json'} does not match its checksum)")
+    return Path(path)
+
+
+def intact_model_file(path) -> bool:
+    """Whether ``path`` is there and whole (:func:`check_model_file`)."""
+    try:
+        check_model_file(path)
+    except DamagedFileError:
+        return False
+    return True
+
+
 def _saved_mixed_policy(path):
     """The mixed dtype policy a ``.keras`` file was saved under, or None."""
     import re
@@ -64,10 +105,12 @@ def load_model(path, compile: bool = True):
 
     A model saved under a mixed precision policy is loaded under that policy:
     under float32, Keras would drop its LossScaleOptimizer and the optimizer
-    state with only a warning.
+    state with only a warning. A truncated or damaged file raises
+    :class:`carclf.cache.DamagedFileError` naming it.
     """
     import carclf.layers  # noqa: F401  (registers the custom layers)
 
+    check_model_file(path)
     policy = _saved_mixed_policy(path)
     with precision_policy(policy) if policy else contextlib.nullcontext():
         return keras.models.load_model(path, compile=compile)

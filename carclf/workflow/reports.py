@@ -35,6 +35,7 @@ REPORT_FILES = {
     "confusion": "confusion_{stem}.png",
     "timings_table": "timings.csv",
     "timings": "timings.png",
+    "validation": "validation.csv",
 }
 
 
@@ -209,7 +210,8 @@ def summary(ws):
         )
         report = frame.attrs.get("report")
         if report is not None:
-            lines.append(report.summary())
+            listing = report_path(ws, "validation")
+            lines.append(report.summary(listing=listing if listing.is_file() else None))
     for split, part in (ws.recall("decoded") or {}).items():
         lines.append(f"decoded {split}: {part.images.shape} {part.images.dtype} in {Path(part.images.filename).parent}")
     loaded = sum(1 for *_, how in ws.cache.events if how == "loaded")

@@ -59,24 +59,43 @@ def trained_runs(ws, names=None, labels=LABELS):
     import pandas as pd
 
     labels = _check_labels(labels)
-    rows, missing = [], []
+    rows, missing, chosen = [], [], []
     with ws.cache.only_cached(*EXPENSIVE_STAGES):
         optimal = None
         if "optimal" in labels:
-            with contextlib.suppress(NotComputedError):  # no search yet, so no optimal run either
+            with contextlib.suppress(NotComputedError):  # no search yet: only stored optimal runs can be found
                 optimal = stored(ws, "search", search_hyperparameters)
         for name in names or ws.settings.models:
             for label in labels:
-                if label == "optimal" and optimal is None:
+                row, note = _find_run(ws, name, label, optimal)
+                if row is None:
                     missing.append((name, label))
                     continue
-                try:
-                    rows.append(train_model(ws, name, (label,), optimal))
-                except NotComputedError:
-                    missing.append((name, label))
+                rows.append(row)
+                if note:
+                    chosen.append(note)
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["model", "hyperparams"])
     table.attrs["missing"] = missing
+    table.attrs["chosen"] = chosen
     return table
+
+
+def _find_run(ws, name, label, optimal):
+    """``(one-row frame or None, note)``: the run of the current settings when it is stored, else the latest
+    stored run of ``name`` / ``label`` (:func:`carclf.workflow.runs.stored_run`)."""
+    import pandas as pd
+
+    from carclf.workflow.runs import stored_run
+
+    if label != "optimal" or optimal is not None:
+        try:
+            frame = train_model(ws, name, (label,), optimal)
+        except NotComputedError:
+            pass
+        else:
+            return frame, stored_run(ws, name, label, exact_key=frame["train_key"].iloc[0])[1]
+    row, note = stored_run(ws, name, label)
+    return (None, None) if row is None else (pd.DataFrame([row]), note)
 
 
 def _not_trained(ws, what, name=None):
@@ -104,7 +123,12 @@ def trained_run(ws, name=None, label=None, metric=None):
             else f"model {name!r}{f' ({label} hyperparameters)' if label else ''} has not been"
         )
         raise _not_trained(ws, what, name)
-    return table.loc[table[metric or selection_metric(table)].astype(float).idxmax()]
+    row = table.loc[table[metric or selection_metric(table)].astype(float).idxmax()].copy()
+    notes = [
+        note for note in table.attrs.get("chosen", []) if note.startswith(f"{row['model']} ({row['hyperparams']})")
+    ]
+    row.attrs["chosen"] = notes[0] if notes else None
+    return row
 
 
 def histories(ws, table=None):
@@ -132,13 +156,15 @@ def test_probabilities(ws, row):
     from carclf.generators import describe_generator
     from carclf.train import load_model
 
-    test = generators(ws).test
-    if not ws.settings.evaluation.tta:
-        return np.load(ws.paths.models / row["model"] / row["train_key"] / "test_probabilities.npy")
-    config = {"train_key": row["train_key"], "test": describe_generator(test)}
+    test = _test_generator(ws, row)
+    stored_path = ws.paths.models / row["model"] / row["train_key"] / "test_probabilities.npy"
+    if not ws.settings.evaluation.tta and stored_path.is_file():
+        return np.load(stored_path)
+    tta = ws.settings.evaluation.tta
+    config = {"train_key": row["train_key"], "test": describe_generator(test), "tta": tta}
 
     def compute():
-        return predict_probabilities(load_model(model_path(ws, row), compile=False), test, tta=True)
+        return predict_probabilities(load_model(_checked_model_file(ws, row), compile=False), test, tta=tta)
 
     return ws.cache.run(f"tta-{row['model']}", config, compute).value
 
@@ -162,8 +188,41 @@ def evaluate_run(ws, row):
     from carclf.evaluate import evaluate_predictions, labels_in_order
 
     class_names = stored(ws, "dataset", load_dataset).value.attrs["class_names"]
-    y_true = labels_in_order(generators(ws).test)
+    y_true = labels_in_order(_test_generator(ws, row))
     return evaluate_predictions(y_true, test_probabilities(ws, row), class_names)
+
+
+def _test_generator(ws, row):
+    """The test batches the run was tested on (its own decoded test images, at its input size), or the
+    profile's when its note does not say."""
+    from carclf.decoded import open_decoded
+    from carclf.generators import ImageBatches
+
+    test = (ws.cache.meta(f"train-{row['model']}", row["train_key"]) or {}).get("config", {}).get("test", {})
+    decoded = test.get("split", {}).get("decoded") or []
+    current = generators(ws).test
+    if (
+        len(decoded) != 1
+        or decoded == current.identity()["split"]["decoded"]
+        or not ws.cache.exists("decoded", decoded[0])
+    ):
+        return current
+    split = open_decoded(ws.cache, decoded[0])["test"]
+    return ImageBatches(split, test.get("batch_size", ws.settings.train.batch_size), shuffle=False)
+
+
+def _checked_model_file(ws, row):
+    """The run's model file, whole; else :class:`ModelFileError` saying how to get it back."""
+    from carclf.cache import DamagedFileError
+    from carclf.train.saving import check_model_file
+
+    try:
+        return check_model_file(model_path(ws, row))
+    except DamagedFileError as exc:
+        raise ModelFileError(
+            f"{exc.path}: {exc.detail}; train the run again: `python -m carclf --root {ws.paths.root} train "
+            f"--profile {ws.profile} --model {row['model']} --hyperparams {row['hyperparams']}`"
+        ) from None
 
 
 def evaluate_best(ws, table=None, metric=None):
@@ -183,26 +242,38 @@ def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None)
     ``label`` (default: the best trained run). Each image is cropped as in
     training: to ``box`` (x1, y1, x2, y2) when given, to its annotated box
     when it is an image of the profile's dataset, else not at all; then
-    resized to the model's input. Returns :func:`carclf.evaluate.top_k`'s
-    table, ``input`` being the file path.
+    resized to the model's input. An image from outside the dataset is turned
+    upright by its EXIF orientation first (a phone photo); the dataset's keep
+    their raw pixels, which their boxes refer to. Returns
+    :func:`carclf.evaluate.top_k`'s table, ``input`` being the file path.
     """
     import numpy as np
 
+    from carclf.cache import DamagedFileError
     from carclf.decoded import decode_image
     from carclf.evaluate import top_k
+    from carclf.images import ImageError
+    from carclf.settings import check_positive_int
     from carclf.train import load_model
+    from carclf.train.saving import check_model_file
 
+    top = check_positive_int("top", top)
     images = [Path(image) for image in images]
     for image in images:
         if not image.is_file():
             raise ImageFileError(f"{image}: no such image file; give the paths of JPEG or PNG files")
+    chosen = None
     if model_file is None:
-        model_file = model_path(ws, trained_run(ws, name, label))
+        row = trained_run(ws, name, label)
+        model_file, chosen = _checked_model_file(ws, row), row.attrs.get("chosen")
     elif not Path(model_file).is_file():
         raise ModelFileError(
             f"{model_file}: no such model file; give a .keras file saved by carclf (models/<name>/<name>.keras)"
         )
-    model = load_model(model_file, compile=False)
+    try:
+        model = load_model(check_model_file(model_file), compile=False)
+    except DamagedFileError as exc:
+        raise ModelFileError(f"{exc}; give a .keras file saved by carclf (models/<name>/<name>.keras)") from None
     frame = stored(ws, "dataset", load_dataset).value
     class_names = frame.attrs["class_names"]
     if model.output_shape[-1] != len(class_names):
@@ -218,9 +289,15 @@ def predict(ws, images, name=None, label=None, model_file=None, top=5, box=None)
     decode = replace(ws.settings.data.decode, image_size=tuple(int(v) for v in model.input_shape[1:3]))
     arrays = []
     for image in images:
+        known = annotated.get(image.resolve())
         try:
-            arrays.append(decode_image(image, box or annotated.get(image.resolve()), decode))
-        except ValueError as exc:
-            raise ImageFileError(f"{image}: not an image OpenCV can read ({exc}); give JPEG or PNG files") from exc
+            arrays.append(decode_image(image, box or known, decode, orient=known is None))
+        except ImageError as exc:
+            what = "not an image OpenCV can read" if exc.unidentified else "a damaged image"
+            raise ImageFileError(f"{image}: {what} ({exc.detail}); give JPEG or PNG files") from exc
+        except ValueError as exc:  # an empty crop box
+            raise ImageFileError(f"{image}: {exc}") from exc
     probabilities = model.predict(np.stack(arrays).astype("float32"), verbose=0)
-    return top_k(probabilities, class_names, k=top, index=[str(image) for image in images])
+    table = top_k(probabilities, class_names, k=top, index=[str(image) for image in images])
+    table.attrs["chosen"] = chosen  # which stored run answered, when there was a choice
+    return table

@@ -19,6 +19,8 @@ __all__ = [
     "generators",
     "load_dataset",
     "model_hyperparams",
+    "note_runs",
+    "result_row",
     "search_hyperparameters",
     "stored",
     "train_model",
@@ -62,14 +64,60 @@ def load_dataset(ws):
     return ws.remember("dataset", result)
 
 
-def decode_images(ws, dataset=None):
-    """Crop, resize and store every image once as uint8 memmaps (a cached, resumable stage)."""
-    from carclf.decoded import build_decoded_cache
+def decode_images(ws, dataset=None, strict=False):
+    """Crop, resize and store every image once as uint8 memmaps (a cached, resumable stage).
+
+    Every image is decoded whole here, once: one that cannot be (truncated, damaged) is left out of the
+    arrays, so nothing trains on it. What decoding found joins the validation report, which is written to
+    ``reports/validation.csv`` (kind, split, file, detail) and to the log. With ``strict``, any problem
+    in the report (clipped boxes aside) is a :class:`carclf.data.DatasetError` naming that file.
+    """
+    from carclf.decoded import build_decoded_cache, decode_problems
 
     dataset = dataset or stored(ws, "dataset", load_dataset)
+    before = len(ws.cache.events)
     with ws.timed("decode images"):
-        decoded = build_decoded_cache(dataset.value, ws.cache, ws.settings.data.decode, deps=[dataset])
+        decoded = build_decoded_cache(dataset.value, ws.cache, ws.settings.data.decode, deps=[dataset], on_error="skip")
+    report = dataset.value.attrs.get("report")
+    if report is not None:
+        report.add_decode_problems(decode_problems(decoded))
+        new = not dataset.loaded or any(how == "computed" for *_, how in ws.cache.events[before:])
+        _publish_validation(ws, report, log_each=new)
+        if strict and not report.ok:
+            raise _strict_error(ws, report)
     return ws.remember("decoded", decoded)
+
+
+def _publish_validation(ws, report, log_each):
+    """The validation report as ``reports/validation.csv``; its summary in the log, and each problem too
+    (to the log file only) when it is new."""
+    import logging
+
+    from carclf.cache import atomic_write
+    from carclf.runlog import FILE_ONLY
+    from carclf.workflow.reports import report_path
+
+    path = report_path(ws, "validation")
+    frame = report.to_frame().rename(columns={"problem": "kind"})
+    atomic_write(path, frame.to_csv(index=False).encode())
+    log = logging.getLogger("carclf.data")
+    log.log(logging.INFO if report.ok else logging.WARNING, "%s", report.summary(listing=path))
+    if log_each:
+        for row in frame.itertuples(index=False):
+            log.warning("%s (%s) %s: %s", row.kind.replace("_", " "), row.split, row.file, row.detail, extra=FILE_ONLY)
+
+
+def _strict_error(ws, report):
+    from carclf.data import DatasetError
+    from carclf.workflow.reports import report_path
+
+    counts = ", ".join(
+        f"{n} {kind.replace('_', ' ')}" for kind, n in report.counts().items() if n and kind not in report.NOTES
+    )
+    return DatasetError(
+        f"--strict: the dataset at {report.root} has problems ({counts}), listed file by file in "
+        f"{report_path(ws, 'validation')}: fix them, or run without --strict to leave those images out"
+    )
 
 
 def configure_device(ws):
@@ -242,7 +290,7 @@ def compare_default_optimal(
                     validation_generator=validation_generator,
                     settings=_refit_settings(settings, result.kept_epoch),
                 )
-            rows.append(_row(name, label, result, tested))
+            rows.append(result_row(name, label, result, tested))
     return pd.DataFrame(rows)
 
 
@@ -259,8 +307,10 @@ def _refit_settings(settings, epochs):
     )
 
 
-def _row(name, label, result, tested) -> dict:
-    """One row of the comparison: the selected run's validation figures, the tested run's test figures."""
+def result_row(name, label, result, tested=None) -> dict:
+    """One row of the comparison from a :class:`carclf.train.TrainResult`: the selected run's validation
+    figures, the tested run's (``tested``, the refit; default: the same run) test figures."""
+    tested = result if tested is None else tested
     return {
         "model": name,
         "hyperparams": label,
@@ -279,6 +329,14 @@ def _row(name, label, result, tested) -> dict:
     }
 
 
+def note_runs(ws, table):
+    """Write beside each run's stage result which run it is (model, label, profile, dataset), so that
+    ``report``, ``evaluate`` and ``predict`` find it whatever its epochs or settings (:mod:`~.runs`)."""
+    dataset = stored(ws, "dataset", load_dataset).key
+    for row in table.itertuples():
+        ws.cache.note(f"train-{row.model}", row.train_key, label=row.hyperparams, profile=ws.profile, dataset=dataset)
+
+
 def train_model(ws, name, labels=LABELS, optimal=None):
     """Train one model with the default and/or the optimal hyperparameters (each run cached and resumable).
 
@@ -293,7 +351,7 @@ def train_model(ws, name, labels=LABELS, optimal=None):
         optimal = optimal or stored(ws, "search", search_hyperparameters)
     gens = generators(ws)
     refit = generators(ws, validation=False).train if ws.settings.evaluation.refit else None
-    return compare_default_optimal(
+    table = compare_default_optimal(
         [name],
         optimal,
         gens.train,
@@ -306,6 +364,8 @@ def train_model(ws, name, labels=LABELS, optimal=None):
         seed=ws.settings.seed,
         labels=labels,
     )
+    note_runs(ws, table)
+    return table
 
 
 def train_models(ws, optimal=None):
