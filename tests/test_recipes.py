@@ -2,7 +2,11 @@
 local pretrained weights for every base (issue 14)."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import _train_helpers as helpers
 import h5py
 import keras
 import numpy as np
@@ -178,6 +182,25 @@ def test_learning_rate_history_follows_the_schedule(synthetic_cars32, tmp_path):
     per_epoch = steps // 4
     expected = [float(keras.ops.convert_to_numpy(schedule(per_epoch * (e + 1)))) for e in range(run.epochs_run)]
     np.testing.assert_allclose(run.history["learning_rate"], expected, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_killed_modern_run_resumes_to_the_same_model(synthetic_cars32, tmp_path):
+    """Killed mid-way through the fine-tuning phase, with the EMA swapped out, the warmup and cosine part
+    way and two augmentation workers running ahead, the resumed run ends with the straight run's weights."""
+    helper = Path(__file__).with_name("_train_helpers.py")
+    killed = tmp_path / "killed"
+    args = [str(synthetic_cars32.cache.root), synthetic_cars32.decoded_key, str(killed), "2", "2", "modern"]
+    proc = subprocess.run([sys.executable, str(helper), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    resumed = helpers.modern_run(synthetic_cars32.decoded, killed)
+    straight = helpers.modern_run(synthetic_cars32.decoded, tmp_path / "straight")
+    assert resumed.resumed_from_epoch == 2 and straight.resumed_from_epoch is None
+    assert resumed.history["phase"] == straight.history["phase"] == [0.0, 1.0, 1.0, 1.0]
+    np.testing.assert_allclose(resumed.history["learning_rate"], straight.history["learning_rate"], rtol=1e-6)
+    np.testing.assert_allclose(resumed.history["val_loss"], straight.history["val_loss"], rtol=1e-3)
+    for a, b in zip(resumed.load_model(compile=False).weights, straight.load_model(compile=False).weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-3, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- #

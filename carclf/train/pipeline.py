@@ -360,14 +360,18 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
     if state is not None:
         start, stopped = saver.resume(model, state)
     accumulating = f", gradient accumulation over {run.opt['accum_steps']} batches" if run.opt["accum_steps"] else ""
+    rate = f"learning rate {current_lr(model.optimizer):.3g}"
+    if run.settings.schedule == "warmup_cosine":
+        peak, steps = run.opt["learning_rate"] * phase["lr_scale"], _phase_steps(run, phase)
+        rate += f" (warmup to {peak:.3g}, then cosine to 0 over {steps} steps)"
     log.info(
-        "%s: phase %s, epochs %d..%d of %d, learning rate %.3g%s",
+        "%s: phase %s, epochs %d..%d of %d, %s%s",
         run.model_name,
         phase["name"],
         start + 1,
         phase["end"],
         run.phases[-1]["end"],
-        current_lr(model.optimizer),
+        rate,
         accumulating,
     )
     if not stopped and start < phase["end"]:
