@@ -54,6 +54,8 @@ def _workspace(args, **overrides):
         overrides["dataset"] = args.dataset
     if args.image_size is not None:
         overrides["image_size"] = args.image_size
+    if args.recipe is not None:
+        overrides["recipe"] = args.recipe
     return workflow.Workspace.open(args.profile, root=args.root, **overrides)
 
 
@@ -258,7 +260,9 @@ def _run(args):
         # Fail before starting a kernel, with the data layer's message on what the folder should hold.
         detect_layout(args.dataset or Paths.default(args.root).root / dataset)
     try:
-        executed, html = workflow.run_notebook(args.profile, root=args.root, dataset=args.dataset)
+        executed, html = workflow.run_notebook(
+            args.profile, root=args.root, dataset=args.dataset, recipe=getattr(args, "recipe", None)
+        )
     except PapermillExecutionError as exc:
         print(
             f"carclf: the notebook stopped in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
@@ -272,8 +276,14 @@ def _run(args):
 
 
 def _demo(args):
-    args.profile, args.dataset = "demo", None
+    args.profile, args.dataset, args.recipe = "demo", None, None
     return _run(args)
+
+
+_RECIPE = {
+    "choices": ["report", "modern"],
+    "help": "the fine-tuning recipe (default: the profile's; full: modern, demo: report); docs/recipes.md",
+}
 
 
 def _parents():
@@ -298,6 +308,7 @@ def _parents():
         type=int,
         help="square input size in pixels, at least the models' minimum (default: the profile's)",
     )
+    profile.add_argument("--recipe", **_RECIPE)
     which = argparse.ArgumentParser(add_help=False)
     which.add_argument(
         "--hyperparams",
@@ -389,6 +400,7 @@ def build_parser():
     )
     run.add_argument("--profile", choices=["demo", "full"], default="demo")
     run.add_argument("--dataset", help="dataset folder for the full profile (default: data/stanford_cars)")
+    run.add_argument("--recipe", **_RECIPE)
     command("demo", _demo, "the notebook end to end on the synthetic set (= run --profile demo)", parents=(root,))
     return parser
 

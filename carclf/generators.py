@@ -17,7 +17,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from carclf.augment import PIPELINES, AugmentedSet, OnlineAugment, batch_mixer, build_augmented_set
+from carclf.augment import AugmentedSet, OnlineAugment, batch_mixer, build_augmented_set, pipeline_for
 from carclf.cache import canonical, qualname
 from carclf.settings import AugmentSettings, DecodeSettings, check_positive_int
 from carclf.splits import ConcatSplit, SplitView, validation_split
@@ -199,7 +199,9 @@ def make_generators(
             an already decoded split of it). When None and ``cache`` is given, the set is built here.
         input_shape: (height, width[, 3]) the model takes; checked against the decoded images.
         include_originals: "offline" trains on originals + variants (default) or on the variants only.
-        **pydataset_kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+        **pydataset_kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of every generator.
+            Online, the training batches are made ahead of ``fit`` by ``settings.workers`` threads (or
+            processes, ``settings.executor``); the pixels do not depend on which worker makes a batch.
 
     Every training row (originals and variants) comes once per epoch, in a new order each epoch; the
     validation and test batches read their rows as they are, in order, never augmented or mixed.
@@ -217,14 +219,27 @@ def make_generators(
         class_names = getattr(train, "class_names", None)
         train, held_out = validation_split(train, validation_fraction, seed, class_names=class_names)
     train = _training_rows(train, held_out, settings, seed, augmented, cache, input_shape, include_originals, progress)
-    augment = OnlineAugment(PIPELINES[settings.pipeline]) if settings.augmentation == "online" else None
+    augment = None
+    train_kwargs = dict(pydataset_kwargs)
+    if settings.augmentation == "online":
+        augment = OnlineAugment(pipeline_for(settings.pipeline, train.image_size))
+        train_kwargs = {**_online_workers(settings), **train_kwargs}
     mix = batch_mixer(settings.cutmix, settings.mixup)
-    train_gen = ImageBatches(train, batch_size, shuffle=True, seed=seed, augment=augment, mix=mix, **pydataset_kwargs)
+    train_gen = ImageBatches(train, batch_size, shuffle=True, seed=seed, augment=augment, mix=mix, **train_kwargs)
     test_gen = ImageBatches(test, batch_size, shuffle=False, seed=seed, **pydataset_kwargs)
     if held_out is None:
         return Generators(train_gen, test_gen, test_gen)
     val_gen = ImageBatches(held_out, batch_size, shuffle=False, seed=seed, **pydataset_kwargs)
     return Generators(train_gen, val_gen, test_gen)
+
+
+def _online_workers(settings: AugmentSettings) -> dict:
+    """PyDataset's workers for online augmentation: threads unless processes are asked for (Keras forks the
+    process that holds the backend for them); every usable core unless a number is given."""
+    from carclf.paths import usable_cpus
+
+    workers = settings.workers or usable_cpus()
+    return {"workers": workers, "use_multiprocessing": settings.executor == "process"}
 
 
 def _training_rows(train, held_out, settings, seed, augmented, cache, input_shape, include_originals, progress):

@@ -199,7 +199,7 @@ def _comparison_bars(ax, frame, metric, label, models, index, n_labels):
 
 
 def protocol_text(settings, search=False) -> str:
-    """How a figure was obtained, from a run's ``RunSettings``: validation, crop and resize, TTA, seed."""
+    """How a figure was obtained, from a run's ``RunSettings``: validation, crop and resize, recipe, TTA, seed."""
     evaluation, decode = settings.evaluation, settings.data.decode
     if search:
         validation = f"validation: {settings.search.validation_fraction:.0%} of the training set (the search's)"
@@ -212,6 +212,7 @@ def protocol_text(settings, search=False) -> str:
     parts = [
         validation,
         f"{crop}, {decode.resize} to {size}",
+        f"recipe {settings.recipe}",
         f"TTA {'on' if evaluation.tta else 'off'}",
         f"{evaluation.confidence:.0%} intervals ({evaluation.interval})",
         f"seed {settings.seed}",

@@ -1,8 +1,8 @@
 """The training run that tests/test_train.py kills in a subprocess and resumes.
 
-    python tests/_train_helpers.py PICKLES DECODED_KEY HOME KILL_EPOCH KILL_BATCH
+    python tests/_train_helpers.py PICKLES DECODED_KEY HOME KILL_EPOCH KILL_BATCH [plateau|modern]
 
-runs :func:`plateau_run` and SIGKILLs itself at batch KILL_BATCH of epoch
+runs :func:`plateau_run` (or :func:`modern_run`) and SIGKILLs itself at batch KILL_BATCH of epoch
 KILL_EPOCH (0-based), i.e. mid-epoch, after the previous epochs' state was
 saved. Not a test module (pytest collects ``test_*.py`` only).
 """
@@ -57,6 +57,38 @@ def plateau_run(decoded, home, extra_callbacks=()):
     )
 
 
+#: The modern recipe's parts on model1: two phases, AdamW, warmup + cosine, label smoothing, EMA, online
+#: random-resized crops made by two worker threads. Every one of them carries state a resume must restore.
+MODERN_EPOCHS = 4
+
+
+def modern_run(decoded, home, extra_callbacks=()):
+    from _helpers import model1_run
+
+    from carclf.generators import make_generators
+    from carclf.settings import AugmentSettings, CallbackSettings
+
+    augment = AugmentSettings(augmentation="online", pipeline="modern", workers=2)
+    gens = make_generators(decoded, augment, batch_size=32, seed=0, progress=False)
+    return model1_run(
+        gens.train,
+        gens.test,
+        home,
+        {"learning_rate": 3e-3, "optimizer_type": "AdamW", "weight_decay": 0.05},
+        MODERN_EPOCHS,
+        seed=0,
+        two_phase=True,
+        head_epochs=1,
+        schedule="warmup_cosine",
+        label_smoothing=0.1,
+        ema=True,
+        ema_momentum=0.9,
+        callbacks=CallbackSettings(early_stopping=None, reduce_lr=None),
+        plot=False,
+        extra_callbacks=extra_callbacks,
+    )
+
+
 def kill_at(epoch, batch):
     import keras
 
@@ -71,14 +103,15 @@ def kill_at(epoch, batch):
     return KillMidEpoch()
 
 
-def main(pickles, decoded_key, home, kill_epoch, kill_batch):
+def main(pickles, decoded_key, home, kill_epoch, kill_batch, run="plateau"):
     from carclf.cache import StageCache
     from carclf.decoded import open_decoded
 
     decoded = open_decoded(StageCache(pickles), decoded_key)
-    plateau_run(decoded, home, extra_callbacks=[kill_at(int(kill_epoch), int(kill_batch))])
+    train = {"plateau": plateau_run, "modern": modern_run}[run]
+    train(decoded, home, extra_callbacks=[kill_at(int(kill_epoch), int(kill_batch))])
     raise SystemExit("the run finished without being killed")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:7])

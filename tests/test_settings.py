@@ -31,7 +31,9 @@ def test_the_demo_profile_is_the_full_one_with_its_differences():
     assert FULL.data.decode.image_size == (224, 224) and DEMO.data.decode.image_size == (80, 80)
     assert FULL.hyperparams.weights == "imagenet" and DEMO.hyperparams.weights is None
     assert FULL.search.model == "resnet50" and DEMO.search.model == "model1"
-    same = {k for k, v in flatten(DEMO).items() if flatten(FULL)[k] == v}
+    assert FULL.recipe == "modern" and DEMO.recipe == "report"
+    report = flatten(profile("full", recipe="report"))
+    same = {k for k, v in flatten(DEMO).items() if report[k] == v}
     assert {"augment.augmentation", "data.decode.crop", "train.callbacks.early_stopping.patience"} <= same
     assert DEMO.models == FULL.models == MODEL_NAMES
     with pytest.raises(FrozenInstanceError):

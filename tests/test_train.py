@@ -220,10 +220,10 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 
 def test_unknown_optimizer_raises_the_listed_error(synthetic_cars32, tmp_path):
-    with pytest.raises(T.UnknownOptimizerError, match="'Nadam'; choose one of: Adam, SGD, RMSprop, Adagrad"):
+    with pytest.raises(T.UnknownOptimizerError, match="'Nadam'; choose one of: Adam, AdamW, SGD, RMSprop, Adagrad"):
         T.optimizer_settings({"optimizer_type": "Nadam"})
     train = ImageBatches(synthetic_cars32.decoded["train"], 32)
-    with pytest.raises(ValueError, match="choose one of: Adam, SGD, RMSprop, Adagrad"):
+    with pytest.raises(ValueError, match="choose one of: Adam, AdamW, SGD, RMSprop, Adagrad"):
         T.run_model_pipeline(
             create_model1_model,
             "model1",

@@ -9,12 +9,14 @@ from carclf.augment.manifest import AugmentedSet, read_manifest
 from carclf.augment.mixing import CUTMIX_ALPHA, MIXUP_ALPHA, BatchMixer, batch_mixer, cutmix, cutmix_box, mixup
 from carclf.augment.offline import STAGE, build_augmented_set, source_fingerprint
 from carclf.augment.pipeline import (
+    MODERN_CROP,
     PIPELINES,
     REPORT_1_3,
     REPORT_PIPELINE,
     OnlineAugment,
     augment_image,
     build_pipeline,
+    pipeline_for,
     seed_pipeline,
 )
 
@@ -23,6 +25,7 @@ __all__ = [
     "BatchMixer",
     "CUTMIX_ALPHA",
     "MIXUP_ALPHA",
+    "MODERN_CROP",
     "OnlineAugment",
     "PIPELINES",
     "REPORT_1_3",
@@ -35,6 +38,7 @@ __all__ = [
     "cutmix",
     "cutmix_box",
     "mixup",
+    "pipeline_for",
     "read_manifest",
     "seed_pipeline",
     "source_fingerprint",

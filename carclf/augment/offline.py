@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from carclf.augment.manifest import AugmentedSet, damaged_files, manifest_bytes, read_manifest
-from carclf.augment.pipeline import PIPELINES, augment_with, build_pipeline, cached_pipeline, check_declaration
+from carclf.augment.pipeline import augment_with, build_pipeline, cached_pipeline, check_declaration, pipeline_for
 from carclf.cache import StageCache, atomic_write, canonical, check_free_space, file_sha256, unit_filename
 from carclf.paths import usable_cpus
 from carclf.settings import AugmentSettings, check_positive_int, non_negative_int
@@ -244,7 +244,7 @@ def build_augmented_set(
     image_format="jpg",
     quality=95,
     workers=None,
-    executor="process",
+    executor=None,
     chunk_size=512,
     progress=True,
     deps=(),
@@ -258,7 +258,8 @@ def build_augmented_set(
     class_id), written last.
 
     Variant ``v`` of row ``r`` is :func:`carclf.augment.augment_image` ``(crop, seed, r, v)``, so a rerun
-    writes the same pixels, whatever ``workers`` / ``executor``: this process and ``workers - 1`` helpers,
+    writes the same pixels, whatever ``workers`` / ``executor`` (default: the settings', else every usable
+    core in processes): this process and ``workers - 1`` helpers,
     spawned processes (``"process"``; from a script, call this under ``if __name__ == "__main__":``) or
     threads (``"thread"``). The work is the stage ``"augmented"`` of ``cache``, keyed by the variants, the
     seed, the pipeline's declaration, the image size, the format, the albumentations and OpenCV versions and
@@ -276,24 +277,27 @@ def build_augmented_set(
         raise ValueError(f"image_format must be one of {sorted(_FORMATS)}, got {image_format!r}")
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality!r}")
+    settings = settings or AugmentSettings()
+    executor = executor or settings.executor or "process"
     if executor not in ("process", "thread"):
         raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}")
-    settings = settings or AugmentSettings()
-    declaration = tuple((name, dict(kwargs)) for name, kwargs in check_declaration(PIPELINES[settings.pipeline]))
+    split = _train_split(source)
+    declared = pipeline_for(settings.pipeline, split.image_size)
+    declaration = tuple((name, dict(kwargs)) for name, kwargs in check_declaration(declared))
     build_pipeline(declaration)  # fail here, not in a worker, on bad arguments
     if out_dir is None:
         from carclf.paths import Paths
 
         out_dir = Paths.default().augmented
     build = _Build(
-        split=_train_split(source),
+        split=split,
         cache=cache,
         n_variants=settings.n_variants,
         seed=non_negative_int(seed),
         declaration=declaration,
         image_format=image_format,
         quality=int(quality),
-        workers=max(1, int(workers or usable_cpus())),
+        workers=max(1, int(workers or settings.workers or usable_cpus())),
         executor=executor,
         chunk_size=check_positive_int("chunk_size", chunk_size),
         progress=progress,

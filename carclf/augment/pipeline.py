@@ -26,8 +26,10 @@ __all__ = [
     "augment_image",
     "augment_with",
     "build_pipeline",
+    "MODERN_CROP",
     "cached_pipeline",
     "check_declaration",
+    "pipeline_for",
     "check_seed",
     "seed_pipeline",
 ]
@@ -59,8 +61,23 @@ REPORT_1_3: tuple = (
 )
 
 
-#: The pipelines a run's ``augment.pipeline`` setting names.
+#: The pipelines a run's ``augment.pipeline`` setting names that do not depend on the image size.
 PIPELINES = {"report": REPORT_PIPELINE}
+
+#: The modern recipe's first transform (fastai's ``RandomResizedCrop(min_scale=0.35)``; timm's 0.08 would
+#: often cut away what tells two cars apart), resized back to the training size.
+MODERN_CROP = {"scale": (0.35, 1.0), "ratio": (3 / 4, 4 / 3), "p": 1.0}
+
+
+def pipeline_for(name, image_size) -> tuple:
+    """The declaration ``augment.pipeline=name`` means for ``(height, width)`` images: ``"report"`` (the
+    report's seven transforms) or ``"modern"`` (a random resized crop, then the same seven)."""
+    if name == "modern":
+        size = tuple(int(v) for v in image_size[:2])
+        return (("RandomResizedCrop", {"size": size, **MODERN_CROP}), *REPORT_PIPELINE)
+    if name not in PIPELINES:
+        raise ValueError(f"augment.pipeline must be one of {[*PIPELINES, 'modern']}, got {name!r}")
+    return PIPELINES[name]
 
 
 def check_declaration(declaration):

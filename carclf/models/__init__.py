@@ -26,6 +26,7 @@ from carclf.models.registry import (
 )
 from carclf.models.scratch import ALEXNET_FC_LAYERS, create_alexnet_model, create_model1_model, finetune_model1
 from carclf.models.pretrained import (
+    MissingWeightsFileError,
     PretrainedWeightsError,
     create_densenet121_model,
     create_efficientnetb0_model,
@@ -69,6 +70,7 @@ __all__ = [
     "MIN_INPUT_SIZE",
     "NAMES",
     "PARTIAL_TRAINABLE_LAYERS",
+    "MissingWeightsFileError",
     "PretrainedWeightsError",
     "UnknownModelError",
     "add_classification_head",

@@ -20,6 +20,8 @@ DEFAULT_HYPERPARAMS = {
     "dropout": 0.5,
     "spatial_dropout": 0.2,
     "fc_layers": (512,),
+    "head": "report",
+    "gates": True,
     "weights": None,
     "new_weights": None,
 }
@@ -106,27 +108,41 @@ def layer_counts(model):
 
 
 def add_classification_head(
-    x, num_classes, *, fc_layers=(512,), dropout=0.5, spatial_dropout=0.2, custom_blocks=True, pooling="flatten"
+    x,
+    num_classes,
+    *,
+    fc_layers=(512,),
+    dropout=0.5,
+    spatial_dropout=0.2,
+    custom_blocks=True,
+    pooling="flatten",
+    gates=True,
+    top_dropout=False,
 ):
     """The head every report model puts on its transfer layer's output; returns the class probabilities.
 
-    ``SpatialDropout2D(spatial_dropout)``, ``AttentionBlock()``, ``SEBlock()``, then (``custom_blocks``)
-    ``CustomLayer("attention")`` and ``CustomLayer("se")``; then ``Flatten`` (``pooling="flatten"``) or
-    ``GlobalAveragePooling2D`` (``"avg"``); then ``Dense(n, relu)`` and ``Dropout(dropout)`` for each ``n``
-    of ``fc_layers``; then ``Dense(num_classes, softmax)`` in float32, named ``predictions``.
+    With ``gates``: ``SpatialDropout2D(spatial_dropout)``, ``AttentionBlock()``, ``SEBlock()``, then
+    (``custom_blocks``) ``CustomLayer("attention")`` and ``CustomLayer("se")``. Then ``Flatten``
+    (``pooling="flatten"``) or ``GlobalAveragePooling2D`` (``"avg"``); ``Dropout(dropout)`` with
+    ``top_dropout`` (the modern head's, keras.io's ``top_dropout``); ``Dense(n, relu)`` and
+    ``Dropout(dropout)`` for each ``n`` of ``fc_layers``; ``Dense(num_classes, softmax)`` in float32,
+    named ``predictions``.
     """
     if pooling not in ("flatten", "avg"):
         raise ValueError(f"pooling must be 'flatten' or 'avg', got {pooling!r}")
-    x = layers.SpatialDropout2D(spatial_dropout, name="head_spatial_dropout")(x)
-    x = AttentionBlock(name="head_attention")(x)
-    x = SEBlock(name="head_se")(x)
-    if custom_blocks:
-        x = CustomLayer("attention", name="head_custom_attention")(x)
-        x = CustomLayer("se", name="head_custom_se")(x)
+    if gates:
+        x = layers.SpatialDropout2D(spatial_dropout, name="head_spatial_dropout")(x)
+        x = AttentionBlock(name="head_attention")(x)
+        x = SEBlock(name="head_se")(x)
+        if custom_blocks:
+            x = CustomLayer("attention", name="head_custom_attention")(x)
+            x = CustomLayer("se", name="head_custom_se")(x)
     if pooling == "flatten":
         x = layers.Flatten(name="head_flatten")(x)
     else:
         x = layers.GlobalAveragePooling2D(name="head_avg_pool")(x)
+    if top_dropout:
+        x = layers.Dropout(dropout, name="head_top_dropout")(x)
     for index, units in enumerate(fc_layers, start=1):
         x = layers.Dense(int(units), activation="relu", name=f"head_fc{index}")(x)
         x = layers.Dropout(dropout, name=f"head_dropout{index}")(x)
@@ -175,6 +191,8 @@ def finetune_model(
     spatial_dropout=0.2,
     custom_blocks=True,
     pooling="flatten",
+    gates=True,
+    top_dropout=False,
     name="model",
 ):
     """Put the report's head on a base and set which layers train: the report's ``finetune_*`` in one.
@@ -188,7 +206,8 @@ def finetune_model(
         fc_layers: units of the head's fully connected layers.
         num_classes: number of output classes.
         new_weights: optional weights file of the whole fine-tuned model, loaded into it.
-        spatial_dropout, custom_blocks, pooling: the head's variant (:func:`add_classification_head`).
+        spatial_dropout, custom_blocks, pooling, gates, top_dropout: the head's variant
+            (:func:`add_classification_head`).
         name: the model's name.
 
     Returns:
@@ -204,6 +223,8 @@ def finetune_model(
         spatial_dropout=spatial_dropout,
         custom_blocks=custom_blocks,
         pooling=pooling,
+        gates=gates,
+        top_dropout=top_dropout,
     )
     model = keras.Model(model_input(base_model), outputs, name=name)
     load_new_weights(model, new_weights)
@@ -224,8 +245,12 @@ def finetune_for(name, default_fc_layers=(512,)):
         num_classes=196,
         new_weights=None,
         spatial_dropout=0.2,
+        *,
+        head="report",
+        gates=True,
     ):
-        head = model_spec(name).head
+        variant = model_spec(name).head
+        report = head == "report"  # "gap": average pooling and a top dropout on every base
         return finetune_model(
             base_model,
             transfer_layer,
@@ -235,14 +260,17 @@ def finetune_for(name, default_fc_layers=(512,)):
             num_classes,
             new_weights,
             spatial_dropout=spatial_dropout,
-            custom_blocks=head.custom_blocks,
-            pooling=head.pooling,
+            custom_blocks=variant.custom_blocks and report,
+            pooling=variant.pooling if report else "avg",
+            gates=True if report else gates,
+            top_dropout=not report,
             name=name,
         )
 
     finetune.__name__ = finetune.__qualname__ = f"finetune_{name}"
     finetune.__doc__ = (
         f"{name}'s head on ``base_model``: :func:`carclf.models.heads.finetune_model` with the registry's head "
-        f"variant for {name!r}. Returns ``(model, n_layers, n_frozen)``."
+        f"variant for {name!r} (``head='report'``) or the modern average-pooling head (``head='gap'``, the "
+        f"report's gates optional). Returns ``(model, n_layers, n_frozen)``."
     )
     return finetune

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 
 import keras
 import numpy as np
@@ -20,6 +22,10 @@ _IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 
 class PretrainedWeightsError(RuntimeError):
     """The ImageNet weights of a base could not be downloaded or loaded."""
+
+
+class MissingWeightsFileError(PretrainedWeightsError, FileNotFoundError):
+    """``weights=<file>`` names no file."""
 
 
 def _keras_cache_dir():
@@ -66,8 +72,8 @@ def pretrained_base(name, input_shape, weights):
     spec = model_spec(name)
     check_input_shape(name, input_shape, need_rgb=True)
     local = weights is not None and weights != "imagenet"
-    if local and not os.path.isfile(os.fspath(weights)):
-        raise FileNotFoundError(f"{name}: no weights file at {weights!s}")
+    if local:
+        _check_file(name, weights)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
@@ -85,10 +91,74 @@ def pretrained_base(name, input_shape, weights):
             raise PretrainedWeightsError(_download_help(spec.base, err)) from err
         raise
     if local:
-        model.load_weights(os.fspath(weights))
+        load_base_weights(name, model, weights)
         if name == "efficientnetb0":
             _fix_efficientnet_stem(model)
     return model, model.get_layer(spec.transfer_layer)
+
+
+def _where_from(base: Pretrained) -> str:
+    target = os.path.join(_keras_cache_dir(), "models", base.weights_file)
+    return f"keras.applications downloads its no-top ImageNet weights from {base.weights_url} into {target}"
+
+
+def _check_file(name, path) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        base = model_spec(name).base
+        raise MissingWeightsFileError(f"{path}: no such weights file for {name} ({base.label}); {_where_from(base)}")
+    return path
+
+
+def load_base_weights(name, base_model, path):
+    """Load a local weights file into ``name``'s base: keras.applications' no-top ``.h5`` (the file it
+    downloads) or a Keras ``.weights.h5`` saved from the base. A file that does not fit is a
+    :class:`PretrainedWeightsError` naming it, the first layer that does not fit, and where the right one is."""
+    spec, path = model_spec(name), _check_file(name, path)
+    mismatch = _legacy_mismatch(base_model, path) if not path.endswith(".weights.h5") else None
+    if mismatch is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras warns per layer before it raises
+                base_model.load_weights(path)
+        except Exception as exc:
+            mismatch = _keras_mismatch(exc)
+    if mismatch:
+        raise PretrainedWeightsError(
+            f"{path} does not fit the {spec.base.label} base of {name}: {mismatch}; {_where_from(spec.base)}"
+        )
+
+
+def _legacy_mismatch(model, path) -> str | None:
+    """The first layer of ``model`` the legacy (keras.applications) ``.h5`` file at ``path`` does not fit."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f.get("model_weights", f)
+        if "layer_names" not in group.attrs:
+            return "it is not a Keras weights file (no layer_names)"
+        saved = []
+        for layer in group.attrs["layer_names"]:
+            layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group[layer].attrs["weight_names"]]
+            if names:
+                saved.append((layer, [tuple(group[layer][n].shape) for n in names]))
+    expected = [(layer.name, [tuple(w.shape) for w in layer.weights]) for layer in model.layers if layer.weights]
+    for (want, want_shapes), (have, have_shapes) in zip(expected, saved):
+        if want_shapes != have_shapes:
+            return f"layer {want!r} has weights of shapes {want_shapes}, the file's layer {have!r} {have_shapes}"
+    if len(expected) != len(saved):
+        return f"the base has {len(expected)} layers with weights, the file {len(saved)}"
+    return None
+
+
+def _keras_mismatch(exc) -> str:
+    text = str(exc)
+    layer = re.search(r"name=([\w/.-]+)", text)
+    shapes = re.search(r"variable\.shape=(\([^)]*\)).*?value\.shape=(\([^)]*\))", text, re.S)
+    if layer and shapes:
+        return f"layer {layer.group(1)!r} has a weight of shape {shapes.group(1)}, the file {shapes.group(2)}"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def create_pretrained(name, input_shape, num_classes, hyperparams=None):
@@ -104,6 +174,8 @@ def create_pretrained(name, input_shape, num_classes, hyperparams=None):
         num_classes=num_classes,
         new_weights=hp["new_weights"],
         spatial_dropout=hp["spatial_dropout"],
+        head=hp["head"],
+        gates=hp["gates"],
     )
     return model
 

@@ -9,6 +9,7 @@ from carclf.layers import ImagePreprocessing
 from carclf.models.heads import (
     base_layers,
     check_input_shape,
+    fc_units,
     finetune_for,
     layer_counts,
     load_new_weights,
@@ -134,9 +135,13 @@ def create_alexnet_model(input_shape, num_classes, hyperparams=None):
         trunk.layers[-1],
         x_trainable=hp["x_trainable"],
         dropout=hp["dropout"],
+        # the report's classic 4096-4096 classifier, or the modern head's fully connected layers
+        fc_layers=ALEXNET_FC_LAYERS if hp["head"] == "report" else fc_units(hp["fc_layers"]),
         num_classes=num_classes,
         new_weights=hp["new_weights"],
         spatial_dropout=hp["spatial_dropout"],
+        head=hp["head"],
+        gates=hp["gates"],
     )
     return model
 

@@ -173,15 +173,17 @@ def prepare(
     augment=None,
     store=None,
     deps=(),
+    optimizer="Adam",
 ) -> SearchContext:
-    """The context of one search: the split views it trains and validates on, and its key."""
+    """The context of one search: the split views it trains and validates on, and its key. ``optimizer``
+    is the run's (under ``adam_only``, AdamW stays AdamW)."""
     builder, model_name = _builder(model, model_name)
-    space = search_space(settings.adam_only)
+    training = training or TrainSettings()
+    space = search_space(settings.adam_only, optimizer=optimizer, schedule=training.schedule)
     base = dict(hyperparams or {})
     overlap = sorted(set(base) & set(space))
     if overlap:
         raise SettingsError(f"hyperparams {overlap} are searched; leave them out of the fixed hyperparams")
-    training = training or TrainSettings()
     split = _training_split(train)
     source = subsample_split(split, settings.subsample, seed) if settings.subsample is not None else split
     train_view, val_view = validation_split(source, settings.validation_fraction, seed, image_size=settings.input_size)

@@ -41,8 +41,8 @@ SEARCH_SPACE: dict[str, Any] = {
 #: for Adam, momentum for SGD, rho for RMSprop); the others apply to all.
 #: A trial leaves out those its optimizer does not read.
 OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {
-    "beta_1": ("Adam",),
-    "beta_2": ("Adam",),
+    "beta_1": ("Adam", "AdamW"),
+    "beta_2": ("Adam", "AdamW"),
     "momentum": ("SGD",),
     "rho": ("RMSprop",),
 }
@@ -84,22 +84,28 @@ def check_space(space: Mapping) -> dict:
     return out
 
 
-def search_space(adam_only: bool = True, space: Mapping | None = None) -> dict:
+def search_space(
+    adam_only: bool = True, space: Mapping | None = None, *, optimizer: str = "Adam", schedule: str = "report"
+) -> dict:
     """The search space: :data:`SEARCH_SPACE` (or ``space``), checked.
 
-    ``adam_only=True`` (the report's final choice) restricts
-    ``optimizer_type`` to Adam and drops the hyperparameters only other
-    optimizers read (momentum, rho). A single choice is a constant, not a
-    searched dimension.
+    ``adam_only=True`` (the report's final choice) restricts ``optimizer_type`` to Adam (AdamW when the
+    run's ``optimizer`` is AdamW, as under the modern recipe) and drops the hyperparameters only other
+    optimizers read (momentum, rho). Under the run's ``schedule="warmup_cosine"`` the report's ``decay``
+    cannot act (the schedule sets the rate every step) and is left out. A single choice is a constant, not
+    a searched dimension.
     """
     space = check_space(SEARCH_SPACE if space is None else space)
+    if schedule == "warmup_cosine":
+        space = {name: spec for name, spec in space.items() if name != "decay"}
     if adam_only:
         if "optimizer_type" in space and "Adam" not in space["optimizer_type"]:
             raise ValueError(
                 f"adam_only=True but the space's optimizer_type choices {space['optimizer_type']} have no Adam"
             )
-        space = {name: spec for name, spec in space.items() if applies(name, "Adam")}
-        space["optimizer_type"] = ["Adam"]
+        adam = "AdamW" if optimizer == "AdamW" else "Adam"
+        space = {name: spec for name, spec in space.items() if applies(name, adam)}
+        space["optimizer_type"] = [adam]
         check_space(space)
     return space
 

@@ -35,8 +35,12 @@ from carclf.settings.groups import (
 )
 from carclf.settings.names import flatten, key_fields, override, setting_names
 from carclf.settings.profiles import DEMO, FULL, PROFILES, profile
+from carclf.settings.recipes import RECIPES, recipe_of, recipe_rows
 
 __all__ = [
+    "RECIPES",
+    "recipe_of",
+    "recipe_rows",
     "AugmentSettings",
     "CallbackSettings",
     "CheckpointSettings",

@@ -10,6 +10,7 @@ from typing import Any
 from carclf.settings.checks import (
     MODEL_NAMES,
     Settings,
+    SettingsError,
     alpha_switch,
     boolean,
     int_at_least,
@@ -72,9 +73,15 @@ class AugmentSettings(Settings):
 
     augmentation: str = setting("offline", one_of("offline", "online", "none"))
     n_variants: int = setting(1, positive_int)
-    pipeline: str = setting("report", one_of("report"))
+    # report: the report's seven transforms; modern: a random resized crop first, then the same seven
+    pipeline: str = setting("report", one_of("report", "modern"))
     cutmix: Any = setting(False, alpha_switch)
     mixup: Any = setting(False, alpha_switch)
+    # Who augments: this many workers (None: every usable core), threads or processes (None: spawned
+    # processes offline; threads online, where Keras would fork the process that holds the backend).
+    # How, not what: the pixels are the same whoever makes them, so neither is in a stage key.
+    workers: int | None = setting(None, optional(positive_int), key=False)
+    executor: str | None = setting(None, optional(one_of("thread", "process")), key=False)
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,14 @@ class TrainSettings(Settings):
     two_phase: bool = setting(False, boolean)
     head_epochs: int | None = setting(None, optional(positive_int))
     finetune_lr_scale: float = setting(0.1, positive)
+    # report: a constant rate (the legacy decay, ReduceLROnPlateau); warmup_cosine: a linear warmup over
+    # ``warmup`` of a phase's steps, then a cosine decay to zero, per step
+    schedule: str = setting("report", one_of("report", "warmup_cosine"))
+    warmup: float = setting(0.1, number_in(0.0, 1.0, high_open=True))
+    label_smoothing: float = setting(0.0, rate)
+    # An exponential moving average of the weights, used for validation and for the saved model.
+    ema: bool = setting(False, boolean)
+    ema_momentum: float = setting(0.99, number_in(0.0, 1.0, low_open=True, high_open=True))
     callbacks: CallbackSettings = setting(check=nested(CallbackSettings), factory=CallbackSettings)
     mixed_precision: Any = setting(
         "auto", one_of("auto", True, False, "float32", "float16", "mixed_float16", "bfloat16", "mixed_bfloat16")
@@ -139,12 +154,21 @@ class TrainSettings(Settings):
     plot: bool = setting(True, boolean, key=False)
     evaluate: bool = setting(True, boolean, key=False)
 
+    def check_combination(self) -> TrainSettings:
+        """Raise :class:`SettingsError` for settings that cannot go together; else return self."""
+        if self.schedule == "warmup_cosine" and self.callbacks.reduce_lr is not None:
+            raise SettingsError(
+                "train.schedule='warmup_cosine' sets the learning rate every step, so ReduceLROnPlateau cannot "
+                "lower it: set train.callbacks.reduce_lr=None, or schedule='report'"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class Hyperparams(Settings):
     """The report's hyperparameters of one run: the optimizer's and the builders' (docs/models.md)."""
 
-    optimizer_type: str = setting("Adam", one_of("Adam", "SGD", "RMSprop", "Adagrad"))
+    optimizer_type: str = setting("Adam", one_of("Adam", "AdamW", "SGD", "RMSprop", "Adagrad"))
     learning_rate: float = setting(1e-4, non_negative)
     beta_1: float = setting(0.9, rate)
     beta_2: float = setting(0.999, rate)
@@ -156,6 +180,11 @@ class Hyperparams(Settings):
     dropout: float = setting(0.5, rate)
     spatial_dropout: float = setting(0.2, rate)
     fc_layers: tuple = setting((512,), units)
+    # report: each model's head of the report (Flatten or average pooling, its custom blocks); gap: global
+    # average pooling on every base, then dropout and the fully connected layers
+    head: str = setting("report", one_of("report", "gap"))
+    # The report's attention and SE gates before the pooling (always on under the report's head).
+    gates: bool = setting(True, boolean)
     x_trainable: Any = setting("all", trainable)
     weights: str | None = setting(None, optional(path_text))
     new_weights: str | None = setting(None, optional(path_text))
@@ -271,6 +300,9 @@ class RunSettings(Settings):
     """Everything a profile decides."""
 
     profile: str = setting("full", text)
+    # The fine-tuning recipe the settings were made from: "report", "modern", or "custom" once a part of
+    # one is changed (carclf/settings/recipes.py). The parts are the settings themselves.
+    recipe: str = setting("report", one_of("report", "modern", "custom"))
     models: tuple = setting(MODEL_NAMES, model_names)
     seed: int = setting(0, non_negative_int)
     data: DataSettings = setting(check=nested(DataSettings), factory=DataSettings)

@@ -10,6 +10,7 @@ from typing import Any
 
 from carclf.settings.checks import SettingsError
 from carclf.settings.groups import RunSettings
+from carclf.settings.recipes import RECIPES, recipe_of
 
 #: Groups whose settings may be named without their group ("epochs" for "train.epochs") when the name is unique.
 _PLAIN_GROUPS = ("data", "augment", "train", "evaluation")
@@ -76,14 +77,31 @@ def _set(obj, path: tuple, value):
     return replace(obj, **{head: value})
 
 
+def _apply_recipe(settings, name):
+    if name == "custom":
+        return settings
+    if name not in RECIPES:
+        raise SettingsError(f"recipe must be one of {', '.join(RECIPES)} or 'custom', got {name!r}")
+    for dotted, value in RECIPES[name].settings.items():
+        settings = _set(settings, _path_of(settings, dotted), value)
+    return settings
+
+
 def override(settings, **changes):
     """A copy of ``settings`` with ``changes`` applied, each named by its dotted path or its unique plain name.
 
-    ``override(FULL, epochs=30, **{"search.backend": "optuna"})``. An unknown name, or a value a setting
-    cannot take, raises :class:`SettingsError` naming it and what is allowed.
+    ``override(FULL, epochs=30, **{"search.backend": "optuna"})``. ``recipe="modern"`` applies that recipe's
+    settings first (carclf/settings/recipes.py); the recipe recorded is then the one whose parts the result
+    has, or "custom". An unknown name, or a value a setting cannot take, raises :class:`SettingsError`
+    naming it and what is allowed.
     """
+    if isinstance(settings, RunSettings) and "recipe" in changes:  # the bundle first, then what else is asked
+        settings = _apply_recipe(settings, changes.pop("recipe"))
     for name, value in changes.items():
         settings = _set(settings, _path_of(settings, name), value)
+    if isinstance(settings, RunSettings):
+        settings.train.check_combination()
+        settings = replace(settings, recipe=recipe_of(settings))
     return settings
 
 

@@ -13,10 +13,11 @@ FULL = RunSettings(
     train=TrainSettings(verbose=0),  # the notebook shows one line per run, not Keras's per-batch bar
     hyperparams=Hyperparams(weights="imagenet"),
     search=SearchSettings(model="resnet50", n_trials=20, epochs=5, subsample=0.5, input_size=(160, 160)),
-)
+).override(recipe="modern")  # the report's recipe stays: profile("full", recipe="report")
 
 DEMO = FULL.override(
     profile="demo",
+    recipe="report",
     dataset="synthetic",
     image_size=(80, 80),  # InceptionV3 needs 75, AlexNet 67
     batch_size=16,

@@ -7,6 +7,7 @@ returns) and ``pipeline`` (``run_model_pipeline`` in named steps).
 
 from carclf.train.callbacks import (
     BestModelCheckpoint,
+    EMAWeights,
     NonFiniteLossError,
     ReduceLROnPlateau,
     StopOnNonFiniteLoss,
@@ -20,10 +21,12 @@ from carclf.train.optimizers import (
     OPTIMIZERS,
     PlateauInverseTimeDecay,
     UnknownOptimizerError,
+    current_lr,
     make_optimizer,
     optimizer_settings,
+    warmup_cosine,
 )
-from carclf.train.pipeline import filter_hyperparams, plan_phases, run_model_pipeline
+from carclf.train.pipeline import filter_hyperparams, make_loss, plan_phases, run_model_pipeline
 from carclf.train.result import TrainResult
 from carclf.train.resume import TRAIN_FORMAT, ResumableState
 from carclf.train.saving import load_model, save_model_atomic
@@ -31,6 +34,7 @@ from carclf.train.saving import load_model, save_model_atomic
 __all__ = [
     "BestModelCheckpoint",
     "DEFAULT_OPTIMIZER",
+    "EMAWeights",
     "NonFiniteLossError",
     "OPTIMIZERS",
     "OPTIMIZER_KEYS",
@@ -43,12 +47,15 @@ __all__ = [
     "TrainingCallbacks",
     "UnknownOptimizerError",
     "create_callbacks",
+    "current_lr",
     "filter_hyperparams",
     "load_model",
+    "make_loss",
     "make_optimizer",
     "optimizer_settings",
     "plan_phases",
     "run_model_pipeline",
     "save_model_atomic",
     "tensorboard_available",
+    "warmup_cosine",
 ]

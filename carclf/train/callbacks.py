@@ -21,6 +21,7 @@ log = logging.getLogger("carclf.train")
 
 __all__ = [
     "BestModelCheckpoint",
+    "EMAWeights",
     "NonFiniteLossError",
     "ReduceLROnPlateau",
     "StopOnNonFiniteLoss",
@@ -149,6 +150,25 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         self._check(logs, "epoch end")
 
 
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """The optimizer's moving average of the weights in the model while it is validated and while the
+    epoch's callbacks (early stopping, checkpoint) look at it; :meth:`swap_back_callback` puts the
+    trained weights back before the resume state is written (docs/recipes.md)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+    def swap_back(self):
+        if self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = False
+
+    def swap_back_callback(self):
+        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs=None: self.swap_back())
+
+
 def callback_state(cb) -> dict | None:
     if cb is None:
         return None
@@ -184,12 +204,15 @@ class TrainingCallbacks:
     non_finite: StopOnNonFiniteLoss
     tensorboard: Any = None
     extra: list = field(default_factory=list)
+    ema: EMAWeights | None = None
 
     def as_list(self, state_callback=None) -> list:
-        # The state callback runs after those whose counters it saves and
-        # restores; extra callbacks see the epoch after it is saved.
-        cbs = [self.non_finite, self.early_stopping, self.reduce_lr, self.checkpoint, self.tensorboard]
-        cbs = [cb for cb in cbs if cb is not None]
+        # The state callback runs after those whose counters it saves and restores; extra callbacks see
+        # the epoch after it is saved. With EMA, the averaged weights are in the model from validation to
+        # just before the state is written.
+        swap_in, swap_out = (self.ema, self.ema.swap_back_callback()) if self.ema is not None else (None, None)
+        cbs = [self.non_finite, swap_in, self.early_stopping, self.reduce_lr, self.checkpoint, self.tensorboard]
+        cbs = [cb for cb in cbs + [swap_out] if cb is not None]
         if state_callback is not None:
             cbs.append(state_callback)
         return cbs + list(self.extra)
@@ -206,6 +229,7 @@ def create_callbacks(
     state_path=None,
     extra=(),
     verbose=0,
+    ema=False,
 ) -> TrainingCallbacks:
     """The report's ``create_callbacks``: EarlyStopping, ReduceLROnPlateau, ModelCheckpoint, and more.
 
@@ -214,7 +238,8 @@ def create_callbacks(
     ``monit_loss`` (``val_loss``, mode min) drives EarlyStopping and ReduceLROnPlateau, ``monit_acc``
     (``val_top3_accuracy``, mode max) the checkpoint at ``checkpoint_path``. TensorBoard logs go to
     ``tensorboard_dir`` (none when ``None``). Gradient accumulation is not a callback here: it is the
-    optimizer's ``gradient_accumulation_steps``.
+    optimizer's ``gradient_accumulation_steps``. ``ema``: the optimizer keeps a moving average of the
+    weights (``use_ema``), which validation and these callbacks then see (:class:`EMAWeights`).
     """
     cfg = nested(CallbackSettings)(settings or {})
     es = rl = ck = tb = None
@@ -227,7 +252,7 @@ def create_callbacks(
     if tensorboard_dir is not None:
         tb = _tensorboard(model_name, tensorboard_dir)
     non_finite = StopOnNonFiniteLoss(model_name, learning_rate, state_path)
-    return TrainingCallbacks(es, rl, ck, non_finite, tb, list(extra))
+    return TrainingCallbacks(es, rl, ck, non_finite, tb, list(extra), EMAWeights() if ema else None)
 
 
 def _tensorboard(model_name, log_dir):

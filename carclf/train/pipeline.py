@@ -31,7 +31,7 @@ from carclf.train.saving import history_csv, intact_model_file, publish, save_ar
 
 log = logging.getLogger("carclf.train")
 
-__all__ = ["filter_hyperparams", "run_model_pipeline"]
+__all__ = ["filter_hyperparams", "make_loss", "run_model_pipeline"]
 
 
 def filter_hyperparams(model_func: Callable, hyperparams: dict | None) -> tuple[dict, dict]:
@@ -134,6 +134,9 @@ class _Run:
             "phases": self.phases,
             "policy": self.device.policy,
             "callbacks": self.settings.callbacks,
+            "schedule": {"name": self.settings.schedule, "warmup": self.settings.warmup},
+            "label_smoothing": self.settings.label_smoothing,
+            "ema": self.settings.ema_momentum if self.settings.ema else None,
             "seed": self.seed,
             "train": describe_generator(self.generators.train),
             "validation": describe_generator(self.generators.validation),
@@ -253,6 +256,7 @@ def _plan(
     model_func, model_name, hyperparams, input_shape, num_classes, generators, settings, store, seed, extra_callbacks
 ) -> _Run:
     call_kwargs, builder_hp = filter_hyperparams(model_func, hyperparams)
+    settings.check_combination()
     if settings.two_phase and not ("x_trainable" in builder_hp or "hyperparams" in call_kwargs):
         raise SettingsError(
             f"two-phase fine-tuning needs a builder that takes x_trainable; {qualname(model_func)} does not"
@@ -330,10 +334,12 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
     Returns ``(stopped early, the 0-based epoch whose weights the model keeps)``.
     """
     _set_phase_trainable(frozen_in_head, phase["name"])
-    optimizer, schedule = make_optimizer(run.opt, lr_scale=phase["lr_scale"])
+    optimizer, schedule = make_optimizer(
+        run.opt, lr_scale=phase["lr_scale"], train=run.settings, steps=_phase_steps(run, phase)
+    )
     model.compile(
         optimizer=optimizer,
-        loss="categorical_crossentropy",
+        loss=make_loss(run.settings.label_smoothing),
         metrics=report_metrics(),
         jit_compile=run.device.jit_compile,
     )
@@ -354,14 +360,18 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
     if state is not None:
         start, stopped = saver.resume(model, state)
     accumulating = f", gradient accumulation over {run.opt['accum_steps']} batches" if run.opt["accum_steps"] else ""
+    rate = f"learning rate {current_lr(model.optimizer):.3g}"
+    if run.settings.schedule == "warmup_cosine":
+        peak, steps = run.opt["learning_rate"] * phase["lr_scale"], _phase_steps(run, phase)
+        rate += f" (warmup to {peak:.3g}, then cosine to 0 over {steps} steps)"
     log.info(
-        "%s: phase %s, epochs %d..%d of %d, learning rate %.3g%s",
+        "%s: phase %s, epochs %d..%d of %d, %s%s",
         run.model_name,
         phase["name"],
         start + 1,
         phase["end"],
         run.phases[-1]["end"],
-        current_lr(model.optimizer),
+        rate,
         accumulating,
     )
     if not stopped and start < phase["end"]:
@@ -376,6 +386,8 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
             verbose=run.settings.verbose,
             shuffle=False,
         )
+    if run.settings.ema:  # fit ends with the averaged weights in the model; a resumed, finished phase did not fit
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     es = callbacks.early_stopping
     kept = len(next(iter(history.values()), [])) - 1  # the last epoch, unless early stopping keeps its best
     if es is not None and es.restore_best_weights and es.best_weights is not None:
@@ -397,7 +409,22 @@ def _phase_callbacks(run: _Run, phase, schedule):
         state_path=run.state_path,
         extra=run.extra_callbacks,
         verbose=0 if settings.verbose in (0, False) else 1,
+        ema=settings.ema,
     )
+
+
+def _phase_steps(run: _Run, phase) -> int:
+    """The optimizer iterations of a whole phase (a per-step schedule spans them, also when resumed)."""
+    start = run.phases[phase["index"] - 1]["end"] if phase["index"] else 0
+    return (phase["end"] - start) * len(run.generators.train)
+
+
+def make_loss(label_smoothing=0.0):
+    """The report's categorical cross-entropy; with ``label_smoothing``, its targets moved that far towards
+    uniform (the modern recipe's 0.1)."""
+    if not label_smoothing:
+        return "categorical_crossentropy"
+    return keras.losses.CategoricalCrossentropy(label_smoothing=float(label_smoothing))
 
 
 def _finish(run: _Run, model, history, clock, stopped_early, kept, resumed_from) -> dict:

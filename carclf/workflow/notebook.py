@@ -12,10 +12,11 @@ __all__ = ["NOTEBOOK", "run_notebook"]
 NOTEBOOK = "notebooks/stanford_cars.ipynb"
 
 
-def run_notebook(profile="demo", root=None, dataset=None, notebook=None, timeout=None):
+def run_notebook(profile="demo", root=None, dataset=None, notebook=None, timeout=None, recipe=None):
     """Execute the workflow notebook headless (papermill) for ``profile``.
 
-    Writes the executed notebook and an HTML copy under ``reports/`` and
+    ``recipe`` ("report" or "modern") replaces the profile's fine-tuning recipe. Writes the executed
+    notebook and an HTML copy under ``reports/`` and
     returns their paths. Every stage is served from the stage cache when it has
     run before, so a second run takes a fraction of the first's time.
     """
@@ -27,7 +28,12 @@ def run_notebook(profile="demo", root=None, dataset=None, notebook=None, timeout
     paths = Paths.default(root).make()
     source = Path(notebook or PROJECT_ROOT / NOTEBOOK)
     executed = paths.reports / f"stanford_cars_{profile}.ipynb"
-    parameters = {"profile": profile, "root": str(paths.root), "dataset": None if dataset is None else str(dataset)}
+    parameters = {
+        "profile": profile,
+        "root": str(paths.root),
+        "dataset": None if dataset is None else str(dataset),
+        "recipe": recipe,
+    }
     papermill.execute_notebook(
         str(source),
         str(executed),

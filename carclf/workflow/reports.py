@@ -163,6 +163,17 @@ def write_report(ws):
     return table
 
 
+def recipe_table(ws):
+    """The report's and the modern fine-tuning recipes, and this run's values, one row per setting
+    (``part``: what makes the recipe; the other rows are where it starts)."""
+    import pandas as pd
+
+    from carclf.settings import recipe_rows
+
+    table = pd.DataFrame(recipe_rows(ws.settings)).set_index("setting")
+    return table.map(lambda v: v if isinstance(v, bool) else str(v))
+
+
 def protocol_summary(ws) -> str:
     """How the figures are obtained, in words, with the sizes of the training, validation and test sets."""
     from carclf import report

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from carclf.cache import config_hash
 from carclf.settings import LABELS, SettingsError
+
+log = logging.getLogger("carclf.workflow")
 
 __all__ = [
     "augment_images",
@@ -185,8 +188,11 @@ def search_hyperparameters(ws):
 
     settings = ws.settings.search
     decoded = stored(ws, "decoded", decode_images)
-    searched = search.search_space(settings.adam_only)
-    fixed = {k: v for k, v in model_hyperparams(ws, settings.model).items() if k not in searched}
+    own = model_hyperparams(ws, settings.model)
+    searched = search.search_space(
+        settings.adam_only, optimizer=own["optimizer_type"], schedule=ws.settings.train.schedule
+    )
+    fixed = {k: v for k, v in own.items() if k not in searched}
     with ws.timed("hyperparameter search"):
         result = search.run_search(
             settings.model,
@@ -196,6 +202,7 @@ def search_hyperparameters(ws):
             training=ws.settings.train,
             seed=ws.settings.seed,
             store=ws.store,
+            optimizer=own["optimizer_type"],
         )
     return ws.remember("search", result)
 
@@ -277,17 +284,32 @@ def compare_default_optimal(
                 seed=seed,
                 timer_group=label,
             )
-            result = run(train_generator, test_generator, validation_generator=validation_generator, settings=settings)
+            own = _settings_for(name, hp, settings)
+            result = run(train_generator, test_generator, validation_generator=validation_generator, settings=own)
             tested = result
             if refit_generator is not None and result.kept_epoch:
                 tested = run(
                     refit_generator,
                     test_generator,
                     validation_generator=validation_generator,
-                    settings=_refit_settings(settings, result.kept_epoch),
+                    settings=_refit_settings(own, result.kept_epoch),
                 )
             rows.append(result_row(name, label, result, tested))
     return pd.DataFrame(rows)
+
+
+def _settings_for(name, hyperparams, settings):
+    """How model ``name`` trains: ``settings``, in one phase when there is nothing pretrained to keep (a model
+    of its own trunk, model1 or AlexNet, or a base with ``weights=None``): a frozen random base would only
+    slow the head down (docs/recipes.md)."""
+    from carclf.models import model_spec
+
+    if settings is None or not settings.two_phase:
+        return settings
+    if model_spec(name).base is None or hyperparams.get("weights") is None:
+        log.debug("%s: nothing pretrained to keep, so one phase instead of two", name)
+        return replace(settings, two_phase=False)
+    return settings
 
 
 def _refit_settings(settings, epochs):
