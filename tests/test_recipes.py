@@ -84,6 +84,7 @@ def test_the_modern_head_pools_every_base():
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.backend
 def test_warmup_then_cosine_per_step():
     optimizer, schedule = T.make_optimizer(
         T.optimizer_settings({"optimizer_type": "AdamW", "learning_rate": 0.1}),
@@ -99,6 +100,7 @@ def test_warmup_then_cosine_per_step():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.backend
 def test_adamw_decays_weights_but_not_biases():
     optimizer, _ = T.make_optimizer(T.optimizer_settings({"optimizer_type": "AdamW", "learning_rate": 0.1}))
     assert optimizer.weight_decay == pytest.approx(0.004)  # Keras's default when none is given
@@ -109,6 +111,7 @@ def test_adamw_decays_weights_but_not_biases():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(bias), 1.0)
 
 
+@pytest.mark.backend
 def test_label_smoothing_moves_the_targets_towards_uniform():
     y = np.array([[1.0, 0.0, 0.0, 0.0]], "float32")
     p = np.array([[0.7, 0.1, 0.1, 0.1]], "float32")
@@ -140,6 +143,7 @@ class _Capture(keras.callbacks.Callback):
         self.bn.append([keras.ops.convert_to_numpy(w) for layer in bn for w in layer.weights])
 
 
+@pytest.mark.backend
 def test_ema_weights_are_validated_and_saved(synthetic_cars32, tmp_path):
     capture = _Capture()
     run = _runs(synthetic_cars32, tmp_path, ema=True, ema_momentum=0.9, extra_callbacks=[capture])
@@ -153,6 +157,7 @@ def test_ema_weights_are_validated_and_saved(synthetic_cars32, tmp_path):
     assert loss == pytest.approx(run.history["val_loss"][-1], rel=1e-4)
 
 
+@pytest.mark.backend
 def test_batch_normalization_runs_in_inference_mode_while_fine_tuning(synthetic_cars32, tmp_path):
     capture = _Capture()
     run = _runs(
