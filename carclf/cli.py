@@ -56,7 +56,22 @@ def _workspace(args, **overrides):
         overrides["image_size"] = args.image_size
     if args.recipe is not None:
         overrides["recipe"] = args.recipe
+    overrides.update(getattr(args, "set", None) or [])
     return workflow.Workspace.open(args.profile, root=args.root, **overrides)
+
+
+def _setting(text):
+    """``NAME=VALUE`` of ``--set``: the value read as a Python literal (0.5, True, None), else as text."""
+    import ast
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. tta=True), got {text!r}")
+    try:
+        value = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        value = value.strip()
+    return name.strip(), value
 
 
 def _print_table(frame):
@@ -309,11 +324,19 @@ def _parents():
         help="square input size in pixels, at least the models' minimum (default: the profile's)",
     )
     profile.add_argument("--recipe", **_RECIPE)
+    profile.add_argument(
+        "--set",
+        action="append",
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="change one setting by its dotted or plain name, e.g. evaluation.validation_fraction=0.25 "
+        "(repeatable; names in docs/settings.md)",
+    )
     which = argparse.ArgumentParser(add_help=False)
     which.add_argument(
         "--hyperparams",
         choices=["default", "optimal"],
-        help="which run of the model (default: the better one by test accuracy)",
+        help="which run of the model (default: the better one by validation accuracy)",
     )
     return root, profile, which
 

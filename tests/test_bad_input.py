@@ -216,8 +216,11 @@ def test_nothing_is_trained_on_a_bad_image(trained):
     home, root = trained
     config = run_config(home)["config"]
     good_train = len(decoded_paths(home, root))
-    # the originals that decoded, then one augmented variant of each: the four bad files are in neither
-    assert config["train"]["split"]["rows"] == 2 * good_train == 2 * (12 - 4 - 1)
+    held_out = config["validation"]["split"]["rows"]
+    assert good_train == 12 - 4 - 1 and 0 < held_out < good_train
+    # the originals that decoded less the validation images, then one augmented variant of each: the four bad
+    # files are in neither, and no variant of a validation image is trained on
+    assert config["train"]["split"]["rows"] == 2 * (good_train - held_out)
 
 
 @pytest.mark.slow
@@ -228,11 +231,14 @@ def test_a_truncated_model_file_is_trained_again_and_never_a_traceback(trained, 
     shutil.copy(model_file, saved)
     try:
         truncate(model_file)
-        for command in (["evaluate"], ["predict", next(root.glob("car_data/car_data/test/*/*.jpg"))]):
-            ran = run_cli(home, *command, "--model", "model1", *tiny_flags(root))
-            assert ran.returncode == 2, ran.stderr[-2000:]
-            line = ran.error_line()
-            assert str(model_file) in line and "not a whole .keras file" in line and "train the run again" in line
+        # evaluate reads the test probabilities stored with the run; predict needs the model itself
+        evaluated = run_cli(home, "evaluate", "--model", "model1", *tiny_flags(root))
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+        image = next(root.glob("car_data/car_data/test/*/*.jpg"))
+        ran = run_cli(home, "predict", image, "--model", "model1", *tiny_flags(root))
+        assert ran.returncode == 2, ran.stderr[-2000:]
+        line = ran.error_line()
+        assert str(model_file) in line and "not a whole .keras file" in line and "train the run again" in line
         again = run_cli(home, "train", "--model", "model1", "--hyperparams", "default", *tiny_flags(root))
         assert again.returncode == 0, again.stderr[-2000:]
         assert "has lost its model file" in (home / "logs" / "carclf.log").read_text()

@@ -63,6 +63,23 @@ def test_a_missing_dataset_folder_is_a_clear_error(tmp_path):
         assert "Traceback" not in result.stderr
 
 
+def test_set_changes_one_setting_by_name_and_a_bad_one_is_a_one_line_error(tmp_path, capsys):
+    args = cli.build_parser().parse_args(
+        ["train", "--model", "model1", "--set", "evaluation.validation_fraction=0.25", "--set", "tta=True"]
+    )
+    args.root = str(tmp_path)
+    settings = cli._workspace(args).settings
+    assert settings.evaluation.validation_fraction == 0.25 and settings.evaluation.tta is True
+    out_of_range = _main(tmp_path, "prepare", "--set", "evaluation.validation_fraction=0.7")
+    assert out_of_range.returncode == 2 and "validation_fraction" in out_of_range.stderr
+    assert "Traceback" not in out_of_range.stderr
+    unknown = _main(tmp_path, "prepare", "--set", "validation_fractoin=0.2")
+    assert unknown.returncode == 2 and "validation_fractoin" in unknown.stderr
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["prepare", "--set", "no-equals-sign"])
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
     """Every stage command, in the order a user runs them, in one fresh workspace (in-process)."""
@@ -331,7 +348,8 @@ def _restarted_kernel_runs_cells_backwards(home):
     summary = code[-1]
     assert "workflow.summary(ws)" in summary.source
     cells = [
-        nbformat.v4.new_code_cell(f"profile, dataset, root = 'demo', None, {str(home)!r}"),
+        code[0],  # the parameters cell, so a parameter added to it is defined here too
+        nbformat.v4.new_code_cell(f"profile, root = 'demo', {str(home)!r}"),
         *code[1:setup],
         *reversed(code[setup:-1]),
         summary,

@@ -227,7 +227,7 @@ def test_unknown_optimizer_raises_the_listed_error(synthetic_cars32, tmp_path):
         T.run_model_pipeline(
             create_model1_model,
             "model1",
-            {"optimizer_type": "adamw"},
+            {"optimizer_type": "nadam"},
             (32, 32, 3),
             10,
             train,

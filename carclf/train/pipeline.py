@@ -185,7 +185,7 @@ def run_model_pipeline(
         extra_callbacks: more Keras callbacks, run after the epoch's state is saved.
 
     Raises:
-        UnknownOptimizerError: ``optimizer_type`` is not Adam, SGD, RMSprop or Adagrad.
+        UnknownOptimizerError: ``optimizer_type`` is not Adam, AdamW, SGD, RMSprop or Adagrad.
         NonFiniteLossError: the loss became NaN or infinite.
     """
     settings = settings or TrainSettings()
