@@ -335,7 +335,7 @@ def test_a_full_disk_at_the_checkpoint_is_a_sentence(trained, monkeypatch):
     assert ran.returncode == 2
     line = ran.error_line()
     assert "not enough disk space in" in line and str(home / "models" / "model1") in line
-    assert "the model file best.keras need" in line and "superseded checkpoints" in line
+    assert "the weights file best.weights.h5 need" in line and "superseded checkpoints" in line
 
 
 @pytest.mark.slow

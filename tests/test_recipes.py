@@ -41,7 +41,7 @@ def test_report_recipe_is_the_reports_settings():
         22,
     )
     assert report.augment.augmentation == "offline" and report.augment.pipeline == "report"
-    callbacks = T.create_callbacks("m", settings=train.callbacks, checkpoint_path="best.keras")
+    callbacks = T.create_callbacks("m", settings=train.callbacks, checkpoint_path="best.weights.h5")
     assert callbacks.early_stopping.monitor == callbacks.reduce_lr.monitor == "val_loss"
     assert callbacks.checkpoint.monitor == "val_top3_accuracy" and callbacks.ema is None
     assert T.make_loss(train.label_smoothing) == "categorical_crossentropy"

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
 import keras
 import numpy as np
 import pandas as pd
@@ -76,7 +77,18 @@ def test_history_holds_every_metric_train_and_validation(learned):
 def test_files_of_a_run(learned):
     r, models = learned.result, learned.home / "models" / "model1"
     assert r.model_path == models / r.key / "model1.keras" and r.model_path.is_file()
-    assert r.best_model_path.is_file()
+    # one model file per run; the checkpoint is the best epoch's weights, without the optimizer's moments
+    assert sorted(p.name for p in (models / r.key).glob("*.keras")) == ["model1.keras"]
+    assert r.best_model_path == models / r.key / "best.weights.h5" and r.best_model_path.is_file()
+    with h5py.File(r.best_model_path) as weights:
+        assert "optimizer" not in weights and "layers" in weights
+    final, best = r.load_model(), r.load_model(best=True)
+    assert len(best.weights) == len(final.weights)
+    best_epoch = int(np.argmax(r.history["val_top3_accuracy"]))
+    kept = r.kept_epoch - 1
+    same = [np.array_equal(*(keras.ops.convert_to_numpy(w) for w in pair)) for pair in zip(best.weights, final.weights)]
+    if best_epoch == kept:  # the final model is that epoch's weights too
+        assert all(same)
     summary = r.summary_path.read_text()
     assert "Total params" in summary and "dtype policy: float32" in summary
     csv = pd.read_csv(r.history_path)

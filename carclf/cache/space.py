@@ -14,7 +14,7 @@ __all__ = ["DiskFullError", "allocate", "check_free_space", "disk_full_message",
 #: What a user can delete to make room (the ENOSPC sentence names it).
 CLEAN_UP = (
     "free space there, e.g. `make clean-results` (removes data/, pickles/, models/ and logs/ results), "
-    "superseded checkpoints (models/<name>/<key>/best.keras of finished runs, old run folders under models/), "
+    "superseded checkpoints (models/<name>/<key>/best.weights.h5 of finished runs, old run folders under models/), "
     "or point --root at a bigger disk"
 )
 

@@ -15,7 +15,7 @@ import numpy as np
 from carclf.cache import native
 from carclf.settings import CallbackSettings, nested
 from carclf.train.optimizers import PlateauInverseTimeDecay, current_lr, to_float
-from carclf.train.saving import save_model_atomic
+from carclf.train.saving import save_weights_atomic
 
 log = logging.getLogger("carclf.train")
 
@@ -76,14 +76,17 @@ class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
 
 
 class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint with ``save_best_only=True`` that writes through a temporary file.
+    """ModelCheckpoint with ``save_best_only=True`` and ``save_weights_only=True``, written through a
+    temporary file.
 
-    Saves ``filepath`` (``.keras``) whenever ``monitor`` improves; a kill
-    during the save leaves the previous best intact.
+    Saves the weights (``.weights.h5``, no optimizer: the resume state holds that while a run can resume)
+    whenever ``monitor`` improves; a kill during the save leaves the previous best intact.
     """
 
     def __init__(self, filepath, monitor="val_top3_accuracy", mode="max", verbose=0):
-        super().__init__(filepath, monitor=monitor, mode=mode, save_best_only=True, verbose=verbose)
+        super().__init__(
+            filepath, monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True, verbose=verbose
+        )
         self.best = None
         self.best_epoch = None
         self._mode = mode
@@ -109,7 +112,7 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
             if self.verbose > 0:
                 print(f"\nEpoch {epoch + 1}: {self.monitor} improved to {current:.5f}, saving {self.filepath}")
             self.best, self.best_epoch = current, epoch
-            save_model_atomic(self.model, self.filepath)
+            save_weights_atomic(self.model, self.filepath)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

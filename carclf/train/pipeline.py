@@ -29,6 +29,8 @@ from carclf.train.result import TrainResult
 from carclf.train.resume import TRAIN_FORMAT, Clock, ResumableState, load_state
 from carclf.train.saving import history_csv, intact_model_file, publish, save_array, save_model_atomic
 
+BEST_WEIGHTS = "best.weights.h5"  # the checkpoint: the best epoch's weights, no optimizer
+
 log = logging.getLogger("carclf.train")
 
 __all__ = ["filter_hyperparams", "make_loss", "run_model_pipeline"]
@@ -402,7 +404,7 @@ def _phase_callbacks(run: _Run, phase, schedule):
     return create_callbacks(
         run.model_name,
         settings=settings.callbacks,
-        checkpoint_path=run.run_dir / "best.keras",
+        checkpoint_path=run.run_dir / BEST_WEIGHTS,
         tensorboard_dir=paths.logs / "tensorboard" / run.model_name / run.key if settings.tensorboard else None,
         schedule=schedule,
         learning_rate=run.opt["learning_rate"] * phase["lr_scale"],
@@ -467,7 +469,7 @@ def _finish(run: _Run, model, history, clock, stopped_early, kept, resumed_from)
         "optimizer": run.opt,
         "files": {
             "model": rel(model_path),
-            "best": rel(run_dir / "best.keras"),
+            "best": rel(run_dir / BEST_WEIGHTS),
             "summary": rel(run_dir / "summary.txt"),
             "history": rel(history_path),
             "test_probabilities": rel(probabilities_path),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carclf.paths import Paths
-from carclf.train.saving import load_model
+from carclf.train.saving import load_model, load_weights
 
 __all__ = ["TrainResult"]
 
@@ -58,8 +58,14 @@ class TrainResult:
         return self.model_path.with_name("history.png")
 
     def load_model(self, compile: bool = True, best: bool = False):
-        """The final model (or, with ``best=True``, the best checkpoint), read back from disk."""
-        return load_model(self.best_model_path if best else self.model_path, compile=compile)
+        """The final model, read back from disk; with ``best=True``, holding the best checkpoint's weights
+        (the checkpoint keeps weights only, so the run holds one model file)."""
+        model = load_model(self.model_path, compile=compile)
+        if best:
+            if self.best_model_path is None:
+                raise FileNotFoundError(f"{self.model_name}: this run kept no checkpoint (checkpoint=None)")
+            load_weights(model, self.best_model_path)
+        return model
 
     @classmethod
     def from_value(cls, value: dict, key: str, loaded: bool, paths: Paths) -> TrainResult:

@@ -19,9 +19,11 @@ __all__ = [
     "history_csv",
     "intact_model_file",
     "load_model",
+    "load_weights",
     "publish",
     "save_array",
     "save_model_atomic",
+    "save_weights_atomic",
 ]
 
 
@@ -47,6 +49,40 @@ def save_model_atomic(model, path) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
     return path
+
+
+def _without_optimizer(model):
+    optimizer = getattr(model, "optimizer", None)
+    return None if optimizer is None else [optimizer]
+
+
+def save_weights_atomic(model, path) -> Path:
+    """The model's weights, without its optimizer's state, in a ``.weights.h5`` file written through a
+    temporary file renamed over ``path``; the space the weights take is checked first."""
+    from keras.src.saving import saving_lib  # ``Model.save_weights`` has no way to leave the optimizer out
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
+    check_free_space(path.parent, size, f"the weights file {path.name}")
+    tmp = path.parent / f".{secrets.token_hex(6)}.tmp.{path.name}"
+    try:
+        saving_lib.save_weights_only(model, str(tmp), objects_to_skip=_without_optimizer(model))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return path
+
+
+def load_weights(model, path):
+    """Weights written by :func:`save_weights_atomic` into ``model`` (its optimizer left as it is)."""
+    from keras.src.saving import saving_lib
+
+    saving_lib.load_weights_only(model, str(path), objects_to_skip=_without_optimizer(model))
+    return model
 
 
 def publish(source: Path, target: Path) -> None:
