@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from carclf.cache import atomic_write
 from carclf.settings import check_positive_int
@@ -161,7 +162,8 @@ def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=Non
         ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right")
         ax.set_ylim(0, 1.12)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
+        # plain swatches: a legend drawn from the bars would copy the first bar's hatching
+        ax.legend(handles=[Patch(facecolor=f"C{i}", label=str(label)) for i, label in enumerate(labels)], fontsize=7)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     title = "Models on the test set: default against optimal hyperparameters"
@@ -188,6 +190,8 @@ def _comparison_bars(ax, frame, metric, label, models, index, n_labels):
     if f"{metric}_low" in part.columns:
         err = np.vstack([values - column(f"{metric}_low"), column(f"{metric}_high") - values])
     same = column("differs_from_best", 1.0) == 0 if "differs_from_best" in part.columns else np.zeros(len(models), bool)
+    if "best" in part.columns:  # the best run is starred, not hatched: it is the reference
+        same &= column("best", 0.0) != 1
     bars = ax.bar(x, values, width, yerr=err, capsize=2, label=str(label), error_kw={"linewidth": 0.8})
     for bar, hatch in zip(bars, same):
         if hatch:

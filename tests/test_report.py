@@ -71,6 +71,18 @@ def test_comparison_plot_default_against_optimal(tmp_path):
         report.plot_comparison([{"model": "m", "loss": 1.0}])
 
 
+def test_comparison_plot_stars_the_best_run_and_hatches_only_the_runs_not_different_from_it():
+    rows = [
+        {"model": "a", "hyperparams": "default", "accuracy": 0.8, "best": True, "differs_from_best": False},
+        {"model": "b", "hyperparams": "default", "accuracy": 0.75, "best": False, "differs_from_best": False},
+        {"model": "c", "hyperparams": "default", "accuracy": 0.3, "best": False, "differs_from_best": True},
+    ]
+    ax = report.plot_comparison(rows, metrics=("accuracy",)).axes[0]
+    assert [bar.get_hatch() for bar in ax.patches] == [None, "//", None]
+    assert [text.get_text() for text in ax.texts] == ["0.80*", "0.75", "0.30"]
+    assert [patch.get_hatch() for patch in ax.get_legend().get_patches()] == [None]
+
+
 def test_confusion_plot(tmp_path):
     cm = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
     fig = report.plot_confusion(cm, ["a", "b", "c"], out_path=tmp_path / "cm.png")
