@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from carclf.cache import atomic_write
 from carclf.settings import check_positive_int
@@ -104,6 +105,7 @@ def plot_history(history, model_name: str, out_dir=None, out_path=None, panels=H
                 ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even for one
         ax.grid(True, alpha=0.3)
         if plotted:
             ax.legend()

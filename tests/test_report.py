@@ -33,6 +33,10 @@ def test_history_plot_is_written(tmp_path):
     assert titles == ["Accuracy", "Loss", "Precision", "Recall", "AUC", "Top-3 accuracy"]
     assert all(len(ax.get_lines()) >= 2 for ax in fig.axes)  # train and validation
     assert (tmp_path / "resnet50_history.png").read_bytes()[:8] == PNG
+    one = report.plot_history(_history(epochs=1), "model1")
+    fig.canvas.draw(), one.canvas.draw()
+    for ax in (*fig.axes, *one.axes):  # whole epochs on the axis, also for a run of one epoch
+        assert all(float(tick).is_integer() for tick in ax.get_xticks())
 
 
 def test_history_plot_tolerates_missing_metrics(tmp_path):
