@@ -27,21 +27,24 @@ __all__ = [
 ]
 
 
-def _size_estimate(model) -> int:
-    """The bytes a ``.keras`` file of ``model`` takes: its variables and its optimizer's, plus the config."""
-    variables = list(model.variables) + list(getattr(getattr(model, "optimizer", None), "variables", []) or [])
+def _bytes(variables) -> int:
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables) + (1 << 20)
 
 
-def save_model_atomic(model, path) -> Path:
-    """``model.save(path)`` through a temporary ``.keras`` file renamed over ``path``; the space it needs
-    (estimated from the parameter count) is checked first."""
+def _size_estimate(model) -> int:
+    """The bytes a ``.keras`` file of ``model`` takes: its variables and its optimizer's, plus the config."""
+    return _bytes(list(model.variables) + list(getattr(getattr(model, "optimizer", None), "variables", []) or []))
+
+
+def _write_atomic(path, size, what, tmp_name, write) -> Path:
+    """``write(tmp)`` into a temporary file beside ``path`` (after checking ``size`` bytes are free), then
+    fsync and rename it over ``path``; the temporary file never outlives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_free_space(path.parent, _size_estimate(model), f"the model file {path.name}")
-    tmp = path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp.keras"
+    check_free_space(path.parent, size, f"{what} {path.name}")
+    tmp = path.parent / tmp_name
     try:
-        model.save(tmp)
+        write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -49,6 +52,13 @@ def save_model_atomic(model, path) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
     return path
+
+
+def save_model_atomic(model, path) -> Path:
+    """``model.save(path)`` through a temporary ``.keras`` file renamed over ``path``; the space it needs
+    (estimated from the parameter count) is checked first."""
+    tmp_name = f".{Path(path).stem}.{secrets.token_hex(6)}.tmp.keras"
+    return _write_atomic(path, _size_estimate(model), "the model file", tmp_name, model.save)
 
 
 def _without_optimizer(model):
@@ -61,20 +71,11 @@ def save_weights_atomic(model, path) -> Path:
     temporary file renamed over ``path``; the space the weights take is checked first."""
     from keras.src.saving import saving_lib  # ``Model.save_weights`` has no way to leave the optimizer out
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) + (1 << 20)
-    check_free_space(path.parent, size, f"the weights file {path.name}")
-    tmp = path.parent / f".{secrets.token_hex(6)}.tmp.{path.name}"
-    try:
+    def write(tmp):
         saving_lib.save_weights_only(model, str(tmp), objects_to_skip=_without_optimizer(model))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    return path
+
+    tmp_name = f".{secrets.token_hex(6)}.tmp.{Path(path).name}"
+    return _write_atomic(path, _bytes(model.weights), "the weights file", tmp_name, write)
 
 
 def load_weights(model, path):
