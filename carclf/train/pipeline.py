@@ -330,15 +330,14 @@ def _build(run: _Run):
     return model, frozen_in_head
 
 
-def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -> bool:
+def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -> tuple[bool, int]:
     """Compile and fit one phase (from ``state``'s next epoch when resuming).
 
     Returns ``(stopped early, the 0-based epoch whose weights the model keeps)``.
     """
     _set_phase_trainable(frozen_in_head, phase["name"])
-    optimizer, schedule = make_optimizer(
-        run.opt, lr_scale=phase["lr_scale"], train=run.settings, steps=_phase_steps(run, phase)
-    )
+    steps = _phase_steps(run, phase)
+    optimizer, schedule = make_optimizer(run.opt, lr_scale=phase["lr_scale"], train=run.settings, steps=steps)
     model.compile(
         optimizer=optimizer,
         loss=make_loss(run.settings.label_smoothing),
@@ -361,21 +360,7 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
     start, stopped = len(next(iter(history.values()), [])), False
     if state is not None:
         start, stopped = saver.resume(model, state)
-    accumulating = f", gradient accumulation over {run.opt['accum_steps']} batches" if run.opt["accum_steps"] else ""
-    rate = f"learning rate {current_lr(model.optimizer):.3g}"
-    if run.settings.schedule == "warmup_cosine":
-        peak, steps = run.opt["learning_rate"] * phase["lr_scale"], _phase_steps(run, phase)
-        rate += f" (warmup to {peak:.3g}, then cosine to 0 over {steps} steps)"
-    log.info(
-        "%s: phase %s, epochs %d..%d of %d, %s%s",
-        run.model_name,
-        phase["name"],
-        start + 1,
-        phase["end"],
-        run.phases[-1]["end"],
-        rate,
-        accumulating,
-    )
+    _log_phase(run, model, phase, start, steps)
     if not stopped and start < phase["end"]:
         # The generator shuffles itself per (seed, epoch); Keras's own shuffle draws from the global NumPy
         # RNG, which a resumed process would not replay.
@@ -397,6 +382,24 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         kept = int(es.best_epoch)
     # an early stop of the head phase only starts the fine-tuning sooner; the last phase's decides
     return es is not None and es.stopped_epoch > 0, kept
+
+
+def _log_phase(run: _Run, model, phase, start, steps) -> None:
+    accumulating = f", gradient accumulation over {run.opt['accum_steps']} batches" if run.opt["accum_steps"] else ""
+    rate = f"learning rate {current_lr(model.optimizer):.3g}"
+    if run.settings.schedule == "warmup_cosine":
+        peak = run.opt["learning_rate"] * phase["lr_scale"]
+        rate += f" (warmup to {peak:.3g}, then cosine to 0 over {steps} steps)"
+    log.info(
+        "%s: phase %s, epochs %d..%d of %d, %s%s",
+        run.model_name,
+        phase["name"],
+        start + 1,
+        phase["end"],
+        run.phases[-1]["end"],
+        rate,
+        accumulating,
+    )
 
 
 def _phase_callbacks(run: _Run, phase, schedule):
