@@ -3,8 +3,9 @@
     python tests/_train_helpers.py PICKLES DECODED_KEY HOME KILL_EPOCH KILL_BATCH [plateau|modern]
 
 runs :func:`plateau_run` (or :func:`modern_run`) and SIGKILLs itself at batch KILL_BATCH of epoch
-KILL_EPOCH (0-based), i.e. mid-epoch, after the previous epochs' state was
-saved. Not a test module (pytest collects ``test_*.py`` only).
+KILL_EPOCH (0-based), i.e. mid-epoch, after the previous epochs' state was saved; with KILL_EPOCH
+``write``, while the background writer writes state number KILL_BATCH. Not a test module (pytest
+collects ``test_*.py`` only).
 """
 
 import os
@@ -53,6 +54,7 @@ def plateau_run(decoded, home, extra_callbacks=()):
         seed=PLATEAU["seed"],
         callbacks=PLATEAU["callbacks_config"],
         plot=False,
+        state_interval=0,  # a state after every epoch: the kill tests resume from the one before the kill
         extra_callbacks=extra_callbacks,
     )
 
@@ -85,11 +87,26 @@ def modern_run(decoded, home, extra_callbacks=()):
         ema_momentum=0.9,
         callbacks=CallbackSettings(early_stopping=None, reduce_lr=None),
         plot=False,
+        state_interval=0,
         extra_callbacks=extra_callbacks,
     )
 
 
-def kill_at(epoch, batch):
+def saved_epoch(home):
+    """The epoch of the resume state under ``home`` (None while there is none)."""
+    from pathlib import Path
+
+    from carclf.cache import load_pickle
+
+    paths = list(Path(home).glob("models/*/*/resume/state.pkl"))
+    return load_pickle(paths[0])["epoch"] if paths else None
+
+
+def kill_at(epoch, batch, home):
+    """SIGKILL at ``batch`` of ``epoch``, once the background writer has put the previous epoch's state on
+    disk (it writes while the next epoch trains)."""
+    import time
+
     import keras
 
     class KillMidEpoch(keras.callbacks.Callback):
@@ -98,18 +115,46 @@ def kill_at(epoch, batch):
 
         def on_train_batch_end(self, b, logs=None):
             if self.epoch == epoch and b == batch:
+                deadline = time.monotonic() + 60
+                while saved_epoch(home) != epoch - 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return KillMidEpoch()
 
 
+def kill_in_write(n):
+    """SIGKILL the process in the middle of writing the ``n``-th resume state (1-based): the arrays are
+    already in the temporary file, its end is not."""
+    import carclf.train.resume as resume
+
+    real, calls = resume.atomic_pickle, []
+
+    class KillWhenPickled:
+        def __reduce__(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def killing(path, state):
+        calls.append(path)
+        if len(calls) == n:
+            state = {**state, "zz_kill": KillWhenPickled()}  # pickled last, after the variables
+        return real(path, state)
+
+    resume.atomic_pickle = killing
+
+
 def main(pickles, decoded_key, home, kill_epoch, kill_batch, run="plateau"):
+    """``kill_epoch`` ``write``: killed while writing state number ``kill_batch`` instead."""
     from carclf.cache import StageCache
     from carclf.decoded import open_decoded
 
     decoded = open_decoded(StageCache(pickles), decoded_key)
     train = {"plateau": plateau_run, "modern": modern_run}[run]
-    train(decoded, home, extra_callbacks=[kill_at(int(kill_epoch), int(kill_batch))])
+    if kill_epoch == "write":
+        kill_in_write(int(kill_batch))
+        train(decoded, home)
+    else:
+        train(decoded, home, extra_callbacks=[kill_at(int(kill_epoch), int(kill_batch), home)])
     raise SystemExit("the run finished without being killed")
 
 

@@ -176,6 +176,30 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_counters(synthetic_cars32
     assert not state_path.parent.exists()
 
 
+@pytest.mark.slow
+def test_a_kill_while_the_background_writer_writes_keeps_the_previous_state(synthetic_cars32, tmp_path):
+    """SIGKILLed in the middle of writing epoch 4's state, the run keeps epoch 3's, resumes from it and ends
+    like an uninterrupted run."""
+    killed = tmp_path / "killed"
+    args = [str(synthetic_cars32.cache.root), synthetic_cars32.decoded_key, str(killed), "write", "4"]
+    proc = subprocess.run([sys.executable, str(HELPER), *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    (state_path,) = (killed / "models" / "model1").glob("*/resume/state.pkl")
+    (torn,) = state_path.parent.glob(".state.pkl.*.tmp")  # the write the kill cut short
+    assert torn.stat().st_size > 0
+    state = load_pickle(state_path)
+    assert state["epoch"] == 2 and len(state["history"]["loss"]) == 3
+
+    resumed = helpers.plateau_run(synthetic_cars32.decoded, killed)
+    straight = helpers.plateau_run(synthetic_cars32.decoded, tmp_path / "straight")
+    assert resumed.resumed_from_epoch == 3 and resumed.epochs_run == straight.epochs_run
+    np.testing.assert_allclose(resumed.history["loss"], straight.history["loss"], rtol=1e-3)
+    np.testing.assert_allclose(resumed.history["val_loss"], straight.history["val_loss"], rtol=1e-3)
+    for mine, theirs in zip(resumed.load_model().get_weights(), straight.load_model().get_weights()):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+    assert not state_path.parent.exists()
+
+
 def test_two_phase_fine_tuning(synthetic_cars32, tmp_path):
     train = ImageBatches(synthetic_cars32.decoded["train"], 32, shuffle=True, seed=0)
     test = ImageBatches(synthetic_cars32.decoded["test"], 100, shuffle=False)
@@ -342,14 +366,29 @@ def test_precision_and_xla_policy_by_device(monkeypatch):
     pascal = D.Accelerator("tensorflow", "gpu", 1, "P100", (6, 0))
     tpu = D.Accelerator("jax", "tpu", 8, "TPU v4")
     jax_cpu = D.Accelerator("jax", "cpu")
-    assert D.resolve_precision("auto", h100) == "mixed_float16" and D.resolve_jit_compile("auto", h100)
+    # bfloat16 from Ampere on; float16 with loss scaling on Volta and Turing (and when the capability is unknown)
+    by_gpu = {
+        ("H100", "9.0"): "mixed_bfloat16",
+        ("A100", "8.0"): "mixed_bfloat16",
+        ("RTX 3090", "8.6"): "mixed_bfloat16",
+        ("T4", "7.5"): "mixed_float16",
+        ("V100", "7.0"): "mixed_float16",
+        ("GPU", None): "mixed_float16",
+        ("P100", "6.0"): "float32",
+    }
+    for (name, cc), policy in by_gpu.items():
+        gpu = D.Accelerator("jax", "gpu", 1, name, D._parse_cc(cc))  # JAX reports the capability as "9.0"
+        assert D.resolve_precision("auto", gpu) == policy, name
+    assert D.resolve_precision("auto", h100) == "mixed_bfloat16" and D.resolve_jit_compile("auto", h100)
     assert D.resolve_precision("auto", pascal) == "float32"
     assert D.resolve_precision("auto", tpu) == "mixed_bfloat16"
     assert D.resolve_jit_compile("auto", jax_cpu)  # JAX always compiles with XLA
     assert D.resolve_precision(False, h100) == "float32" and not D.resolve_jit_compile(False, h100)
     assert D.resolve_precision("bfloat16") == "mixed_bfloat16" and D.resolve_precision(True) == "mixed_float16"
-    monkeypatch.setenv("CARCLF_MIXED_PRECISION", "bfloat16")
-    assert D.resolve_precision("auto", h100) == "mixed_bfloat16"
+    monkeypatch.setenv("CARCLF_MIXED_PRECISION", "float16")  # the override variable still wins
+    assert D.resolve_precision("auto", h100) == "mixed_float16"
+    monkeypatch.setenv("CARCLF_MIXED_PRECISION", "0")
+    assert D.resolve_precision("auto", h100) == "float32"
     with pytest.raises(ValueError, match="mixed_precision"):
         D.resolve_precision("int8")
 

@@ -149,6 +149,14 @@ class TrainSettings(Settings):
     )
     jit_compile: Any = setting("auto", one_of("auto", True, False))
     # How to run, not what is computed: not in stage keys.
+    # The resume state: taken at most every ``state_interval`` seconds (0: every epoch) and always at a
+    # phase's end, written by a background thread (``background_state``) from a host copy of the variables.
+    state_interval: float = setting(30.0, non_negative, key=False)
+    background_state: bool = setting(True, boolean, key=False)
+    # The stop on a non-finite loss reads the loss every this many steps (and at each epoch's end).
+    nonfinite_check_steps: int = setting(50, positive_int, key=False)
+    # Train steps per compiled call (Keras' ``steps_per_execution``): batch callbacks run once per call.
+    steps_per_execution: int = setting(1, positive_int, key=False)
     verbose: Any = setting("auto", one_of("auto", 0, 1, 2, True, False), key=False)
     tensorboard: bool = setting(True, boolean, key=False)
     plot: bool = setting(True, boolean, key=False)

@@ -76,12 +76,14 @@ class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
 
 
 class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint with ``save_best_only=True`` and ``save_weights_only=True``, written through a
-    temporary file.
+    """ModelCheckpoint with ``save_best_only=True`` and ``save_weights_only=True``, off the training loop's path.
 
-    Saves the weights (``.weights.h5``, no optimizer: the resume state holds that while a run can resume)
-    whenever ``monitor`` improves; a kill during the save leaves the previous best intact.
+    Whenever ``monitor`` improves it keeps a host copy of the weights (no optimizer: the resume state holds
+    that while a run can resume); the resume state carries the copy, and :meth:`write` saves it to
+    ``filepath`` (``.weights.h5``, through a temporary file) once, when the run finishes.
     """
+
+    async_safe = True  # its batch hooks do nothing: they must not make Keras wait for every step
 
     def __init__(self, filepath, monitor="val_top3_accuracy", mode="max", verbose=0):
         super().__init__(
@@ -89,6 +91,8 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
         )
         self.best = None
         self.best_epoch = None
+        self.best_weights = None
+        self.early_stopping = None  # EarlyStopping that runs before it, whose copy of the weights it can share
         self._mode = mode
         self._warned = False
 
@@ -110,23 +114,48 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
         current = float(current)
         if _improved(current, self.best, self._mode):
             if self.verbose > 0:
-                print(f"\nEpoch {epoch + 1}: {self.monitor} improved to {current:.5f}, saving {self.filepath}")
+                print(f"\nEpoch {epoch + 1}: {self.monitor} improved to {current:.5f}")
             self.best, self.best_epoch = current, epoch
-            save_weights_atomic(self.model, self.filepath)
+            es = self.early_stopping
+            if es is not None and es.best_epoch == epoch and es.best_weights is not None:
+                self.best_weights = es.best_weights  # the same epoch's weights: one copy (pickled once)
+            else:
+                self.best_weights = self.model.get_weights()
+
+    def write(self, model):
+        """Save the best epoch's weights to ``filepath``; the model's own weights are left as they were."""
+        if self.best_weights is None:
+            return None
+        current = model.get_weights()
+        model.set_weights(self.best_weights)
+        try:
+            return save_weights_atomic(model, self.filepath)
+        finally:
+            model.set_weights(current)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Raise :class:`NonFiniteLossError`, naming the model and epoch, when the loss is NaN or infinite."""
+    """Raise :class:`NonFiniteLossError`, naming the model and epoch, when the loss is NaN or infinite.
 
-    def __init__(self, model_name: str, learning_rate: float | None = None, state_path=None):
+    The loss is read every ``check_every`` steps and at the epoch's end (the epoch's running mean, which
+    stays non-finite once a step's loss was). ``async_safe``: on a backend that allows it (JAX), Keras then
+    runs batch hooks in a thread, so the training loop does not wait for each step's loss.
+    """
+
+    async_safe = True
+
+    def __init__(self, model_name: str, learning_rate: float | None = None, state_path=None, check_every: int = 1):
         super().__init__()
         self.model_name = model_name
         self.learning_rate = learning_rate
         self.state_path = state_path
+        self.check_every = max(1, int(check_every))
         self.epoch = 0
+        self._next_check = self.check_every
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+        self._next_check = self.check_every
 
     def _check(self, logs, where):
         loss = (logs or {}).get("loss")
@@ -147,7 +176,9 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         raise NonFiniteLossError(message)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._check(logs, f"batch {batch + 1}")
+        if batch + 1 >= self._next_check:  # batch jumps by steps_per_execution
+            self._next_check = batch + 1 + self.check_every
+            self._check(logs, f"batch {batch + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
         self._check(logs, "epoch end")
@@ -186,7 +217,7 @@ def callback_state(cb) -> dict | None:
     if isinstance(cb, keras.callbacks.ReduceLROnPlateau):
         return {"wait": cb.wait, "best": native(cb.best), "cooldown_counter": cb.cooldown_counter}
     if isinstance(cb, BestModelCheckpoint):
-        return {"best": cb.best, "best_epoch": cb.best_epoch}
+        return {"best": cb.best, "best_epoch": cb.best_epoch, "best_weights": cb.best_weights}
     return None
 
 
@@ -233,6 +264,7 @@ def create_callbacks(
     extra=(),
     verbose=0,
     ema=False,
+    check_every=1,
 ) -> TrainingCallbacks:
     """The report's ``create_callbacks``: EarlyStopping, ReduceLROnPlateau, ModelCheckpoint, and more.
 
@@ -243,6 +275,7 @@ def create_callbacks(
     ``tensorboard_dir`` (none when ``None``). Gradient accumulation is not a callback here: it is the
     optimizer's ``gradient_accumulation_steps``. ``ema``: the optimizer keeps a moving average of the
     weights (``use_ema``), which validation and these callbacks then see (:class:`EMAWeights`).
+    ``check_every``: the non-finite-loss stop reads the loss every this many steps.
     """
     cfg = nested(CallbackSettings)(settings or {})
     es = rl = ck = tb = None
@@ -252,9 +285,10 @@ def create_callbacks(
         rl = ReduceLROnPlateau(schedule=schedule, verbose=verbose, **asdict(cfg.reduce_lr))
     if cfg.checkpoint is not None and checkpoint_path is not None:
         ck = BestModelCheckpoint(checkpoint_path, verbose=verbose, **asdict(cfg.checkpoint))
+        ck.early_stopping = es if es is not None and es.restore_best_weights else None
     if tensorboard_dir is not None:
         tb = _tensorboard(model_name, tensorboard_dir)
-    non_finite = StopOnNonFiniteLoss(model_name, learning_rate, state_path)
+    non_finite = StopOnNonFiniteLoss(model_name, learning_rate, state_path, check_every)
     return TrainingCallbacks(es, rl, ck, non_finite, tb, list(extra), EMAWeights() if ema else None)
 
 
@@ -266,12 +300,20 @@ def _tensorboard(model_name, log_dir):
         )
         return None
     try:
-        return keras.callbacks.TensorBoard(
+        return EpochTensorBoard(
             log_dir=str(log_dir), histogram_freq=0, write_graph=False, update_freq="epoch", profile_batch=0
         )
     except Exception as exc:  # TensorBoard needs TensorFlow's summary writer
         log.warning("%s: no TensorBoard logs (%s: %s)", model_name, type(exc).__name__, exc)
         return None
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard that logs at epoch ends only: without batch hooks, Keras need not wait for every step
+    to hand it the step's logs (it writes nothing per batch with ``update_freq="epoch"`` anyway)."""
+
+    on_train_batch_begin = keras.callbacks.Callback.on_train_batch_begin
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
 
 def tensorboard_available() -> bool:

@@ -26,8 +26,9 @@ from carclf.settings import SettingsError, TrainSettings
 from carclf.train.callbacks import create_callbacks
 from carclf.train.optimizers import TRAINING_KEYS, current_lr, make_optimizer, optimizer_settings
 from carclf.train.result import TrainResult
-from carclf.train.resume import TRAIN_FORMAT, Clock, ResumableState, load_state
+from carclf.train.resume import TRAIN_FORMAT, Clock, ResumableState, load_state, write_state
 from carclf.train.saving import history_csv, intact_model_file, publish, save_array, save_model_atomic
+from carclf.train.writer import BackgroundWriter
 
 BEST_WEIGHTS = "best.weights.h5"  # the checkpoint: the best epoch's weights, no optimizer
 
@@ -296,13 +297,19 @@ def _train(run: _Run) -> dict:
     clock = Clock(state["elapsed"] if state is not None else (0.0, 0.0))
     history = {k: list(v) for k, v in state["history"].items()} if state is not None else {}
     model, frozen_in_head = _build(run)
-    stopped_early, kept = False, None
-    for phase in run.phases:
-        if state is not None and phase["index"] < state["phase"]:
-            continue  # finished before the restart; its weights are in the state of a later phase
-        own = state if state is not None and phase["index"] == state["phase"] else None
-        stopped_early, kept = _fit_phase(run, model, phase, frozen_in_head, history, clock, own)
-        state = None
+    stopped_early, kept, checkpoint = False, None, None
+    writer = BackgroundWriter(write_state, background=run.settings.background_state)
+    try:
+        for phase in run.phases:
+            if state is not None and phase["index"] < state["phase"]:
+                continue  # finished before the restart; its weights are in the state of a later phase
+            own = state if state is not None and phase["index"] == state["phase"] else None
+            stopped_early, kept, checkpoint = _fit_phase(run, model, phase, frozen_in_head, history, clock, own, writer)
+            state = None
+    finally:
+        writer.flush()  # the last state is on disk before the run ends, fails or is interrupted
+    if checkpoint is not None:
+        checkpoint.write(model)
     return _finish(run, model, history, clock, stopped_early, kept, resumed_from)
 
 
@@ -330,10 +337,10 @@ def _build(run: _Run):
     return model, frozen_in_head
 
 
-def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -> tuple[bool, int]:
-    """Compile and fit one phase (from ``state``'s next epoch when resuming).
+def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state, writer) -> tuple:
+    """Compile and fit one phase (from ``state``'s next epoch when resuming); ``writer`` writes its states.
 
-    Returns ``(stopped early, the 0-based epoch whose weights the model keeps)``.
+    Returns ``(stopped early, the 0-based epoch whose weights the model keeps, the best checkpoint)``.
     """
     _set_phase_trainable(frozen_in_head, phase["name"])
     steps = _phase_steps(run, phase)
@@ -343,6 +350,7 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         loss=make_loss(run.settings.label_smoothing),
         metrics=report_metrics(),
         jit_compile=run.device.jit_compile,
+        steps_per_execution=run.settings.steps_per_execution,
     )
     callbacks = _phase_callbacks(run, phase, schedule)
     saver = ResumableState(
@@ -356,6 +364,8 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         history_path=run.run_dir / "history.csv",
         clock=clock,
         record_phase=run.two_phase,
+        writer=writer,
+        interval=run.settings.state_interval,
     )
     start, stopped = len(next(iter(history.values()), [])), False
     if state is not None:
@@ -381,7 +391,7 @@ def _fit_phase(run: _Run, model, phase, frozen_in_head, history, clock, state) -
         model.set_weights(es.best_weights)
         kept = int(es.best_epoch)
     # an early stop of the head phase only starts the fine-tuning sooner; the last phase's decides
-    return es is not None and es.stopped_epoch > 0, kept
+    return es is not None and es.stopped_epoch > 0, kept, callbacks.checkpoint
 
 
 def _log_phase(run: _Run, model, phase, start, steps) -> None:
@@ -415,6 +425,7 @@ def _phase_callbacks(run: _Run, phase, schedule):
         extra=run.extra_callbacks,
         verbose=0 if settings.verbose in (0, False) else 1,
         ema=settings.ema,
+        check_every=settings.nonfinite_check_steps,
     )
 
 

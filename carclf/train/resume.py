@@ -18,10 +18,11 @@ from carclf.runlog import cpu_seconds
 from carclf.train.callbacks import TrainingCallbacks, callback_state, set_callback_state
 from carclf.train.optimizers import current_lr, to_float
 from carclf.train.saving import history_csv
+from carclf.train.writer import BackgroundWriter
 
 log = logging.getLogger("carclf.train")
 
-__all__ = ["Clock", "ResumableState", "TRAIN_FORMAT", "load_state"]
+__all__ = ["Clock", "ResumableState", "TRAIN_FORMAT", "host_copy", "load_state", "write_state"]
 
 #: Bumped when training itself changes meaning (part of every stage key and of the resume state).
 TRAIN_FORMAT = 1
@@ -68,10 +69,27 @@ def _restore_variables(variables, values, what):
         var.assign(value)
 
 
-class ResumableState(keras.callbacks.Callback):
-    """Writes the resume state after every epoch; :meth:`resume` puts a saved one back.
+def host_copy(variables) -> list:
+    """Each variable's value as a NumPy array of its own: the training step may overwrite or donate the
+    device buffer while a background writer still reads the copy (TensorFlow hands out an owned copy
+    already; JAX on a CPU a view of its buffer, which is copied)."""
+    arrays = [keras.ops.convert_to_numpy(v.value) for v in variables]
+    return [a if a.flags.owndata else a.copy() for a in arrays]
 
-    Put it after the callbacks whose counters it saves (``TrainingCallbacks.as_list`` does).
+
+def write_state(job) -> None:
+    """A :class:`BackgroundWriter` job of :class:`ResumableState`: ``(path, state)``."""
+    path, state = job
+    atomic_pickle(path, state)
+
+
+class ResumableState(keras.callbacks.Callback):
+    """Writes the resume state after an epoch; :meth:`resume` puts a saved one back.
+
+    The state is a host copy of the variables (the only part the training loop waits for), handed to
+    ``writer`` (a :class:`carclf.train.writer.BackgroundWriter`); with ``interval`` seconds it is taken at
+    most that often, and always after a phase's last epoch or an early stop. Put it after the callbacks
+    whose counters it saves (``TrainingCallbacks.as_list`` does).
     """
 
     def __init__(
@@ -87,6 +105,8 @@ class ResumableState(keras.callbacks.Callback):
         history_path=None,
         clock=None,
         record_phase: bool = False,
+        writer=None,
+        interval: float = 0.0,
     ):
         super().__init__()
         self.path = Path(path)
@@ -100,6 +120,10 @@ class ResumableState(keras.callbacks.Callback):
         self.clock = clock or Clock()
         self.record_phase = record_phase
         self._pending = None
+        self.writer = writer or BackgroundWriter(write_state, background=False)
+        self.interval = float(interval)
+        self._last_save = -math.inf
+        self.blocked_s = 0.0  # seconds the training loop waited for host copies
 
     def resume(self, model, state: dict) -> tuple[int, bool]:
         """Put ``state`` back into the compiled ``model``, its schedule and the callbacks.
@@ -140,9 +164,16 @@ class ResumableState(keras.callbacks.Callback):
         n_before = len(next(iter(self.history.values()), []))
         for name in set(row) | set(self.history):
             self.history.setdefault(name, [math.nan] * n_before).append(row.get(name, math.nan))
-        self.save(epoch)
+        if self.history_path is not None:
+            atomic_write(self.history_path, history_csv(self.history))
+        last = epoch + 1 >= self.phase["end"] or self.model.stop_training
+        if last or time.monotonic() - self._last_save >= self.interval:
+            self.save(epoch)
 
     def save(self, epoch):
+        """Take the state after ``epoch`` and hand it to the writer."""
+        t0 = time.perf_counter()
+        self._last_save = time.monotonic()
         wall, cpu = self.clock()
         state = {
             "format": TRAIN_FORMAT,
@@ -151,13 +182,12 @@ class ResumableState(keras.callbacks.Callback):
             "epoch": int(epoch),
             "stopped": bool(self.model.stop_training),
             "history": {k: list(v) for k, v in self.history.items()},
-            "model_variables": [keras.ops.convert_to_numpy(v.value) for v in self.model.variables],
-            "optimizer_variables": [keras.ops.convert_to_numpy(v.value) for v in self.model.optimizer.variables],
+            "model_variables": host_copy(self.model.variables),
+            "optimizer_variables": host_copy(self.model.optimizer.variables),
             "lr_scale": self.schedule.scale if self.schedule is not None else None,
             "callbacks": {role: callback_state(getattr(self.callbacks, role)) for role in _ROLES},
             "generator_epoch": int(epoch) + 1,
             "elapsed": (wall, cpu),
         }
-        atomic_pickle(self.path, state)
-        if self.history_path is not None:
-            atomic_write(self.history_path, history_csv(self.history))
+        self.blocked_s += time.perf_counter() - t0
+        self.writer.submit((self.path, state))
