@@ -7,10 +7,15 @@ Here they follow the hardware, and the caller can override them:
 device                       mixed precision (``"auto"``)     XLA / jit (``"auto"``)
 ============================ ================================ ==========================
 CPU only                     off (``float32``)                off on TensorFlow
-NVIDIA GPU, compute >= 7.0   ``mixed_float16`` (tensor cores) on
+NVIDIA GPU, compute >= 8.0   ``mixed_bfloat16``               on
+NVIDIA GPU, compute 7.x      ``mixed_float16``, loss scaling  on
+NVIDIA GPU, compute unknown  ``mixed_float16``, loss scaling  on
 NVIDIA GPU, compute < 7.0    off (no tensor cores to gain)    on
 TPU                          ``mixed_bfloat16``               on
 ============================ ================================ ==========================
+
+bfloat16 has float32's exponent range, so it needs no loss scaling (no scaled loss, no skipped steps)
+and runs at float16's speed on Ampere (8.0) and later; Volta and Turing have float16 tensor cores only.
 
 On the JAX backend every train step is compiled with XLA anyway (that is how
 JAX runs), so ``jit_compile="auto"`` is on there for every device.
@@ -156,9 +161,10 @@ def resolve_precision(mixed_precision="auto", accelerator: Accelerator | None = 
         if acc.kind == "tpu":
             return "mixed_bfloat16"
         if acc.kind == "gpu":
-            if acc.compute_capability is None or acc.compute_capability >= (7, 0):
-                return "mixed_float16"
-            return "float32"
+            cc = acc.compute_capability
+            if cc is not None and cc >= (8, 0):
+                return "mixed_bfloat16"
+            return "mixed_float16" if cc is None or cc >= (7, 0) else "float32"
         return "float32"
     if isinstance(mixed_precision, str) and mixed_precision.lower() in _POLICY_NAMES:
         return _POLICY_NAMES[mixed_precision.lower()]
