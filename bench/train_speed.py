@@ -21,7 +21,8 @@ Warm-up (tracing/XLA compilation and the first steps) is excluded: one
 starts when the last warm-up step has finished and stops when the last timed
 step has (the loss of each is read back, which waits for the device; nothing
 else is synchronised in between, apart from what the pipeline itself does:
-its ``StopOnNonFiniteLoss`` callback, included, reads the loss every step).
+its ``StopOnNonFiniteLoss`` callback, included, reads the loss every ``nonfinite_check_steps`` steps,
+and Keras's TensorFlow trainer converts every step's logs).
 Likewise one ``evaluate`` call. The last partial batch is never used (it
 would be a new shape to compile), so ``--steps`` is capped by the set's size.
 
@@ -136,7 +137,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--mixed-precision",
         default="auto",
-        help="as run_model_pipeline: auto (mixed_float16 on a GPU), true, false, bfloat16, float32",
+        help="as run_model_pipeline: auto (bfloat16 on compute 8.0+, float16 on 7.x), true, false, bfloat16, float32",
     )
     parser.add_argument("--jit-compile", default="auto", help="as run_model_pipeline: auto (XLA on a GPU), true, false")
     parser.add_argument("--tiny", action="store_true", help="a tiny CPU-sized run (CI): small set, size, batch, steps")
@@ -231,8 +232,8 @@ def choose_workers(split, batch, least=1):
     """The number of generator threads (``least`` or more) that delivers fastest here, and each one's rate.
 
     On a GPU ``least`` is 2: with one worker Keras builds each batch in the training loop itself, and
-    since the pipeline reads every step's loss back (``StopOnNonFiniteLoss``), the device would wait
-    for it; worker threads build the next batches while the device computes.
+    since Keras's TensorFlow trainer reads every step's logs back, the device would wait for it; worker
+    threads build the next batches while the device computes.
     """
     cores = os.cpu_count() or 1
     candidates = sorted({least, *(w for w in (1, 2, 4, 8, 16) if least <= w <= cores)})
@@ -321,6 +322,7 @@ def measure(name, split, size, num_classes, batch, device, workers, warmup, step
     from carclf.device import precision_policy
     from carclf.metrics import report_metrics
     from carclf.models import build
+    from carclf.settings import TrainSettings
     from carclf.train import StopOnNonFiniteLoss, make_optimizer, optimizer_settings
 
     keras.backend.clear_session()
@@ -345,7 +347,7 @@ def measure(name, split, size, num_classes, batch, device, workers, warmup, step
         warm_eval = max(1, min(warmup - 1, len(evaluation) - 1))
         n_eval = max(1, min(eval_steps, len(evaluation) - warm_eval))
 
-        # StopOnNonFiniteLoss is the pipeline's one per-batch callback (it reads the loss every step).
+        # StopOnNonFiniteLoss is the pipeline's one per-batch callback (it reads the loss every K steps).
         timer = StepTimer(warm_train, warm_train + n_train - 1)
         train_step, warm = timer.run(
             lambda cbs: model.fit(
@@ -354,7 +356,7 @@ def measure(name, split, size, num_classes, batch, device, workers, warmup, step
                 steps_per_epoch=warm_train + n_train,
                 verbose=0,
                 shuffle=False,
-                callbacks=[StopOnNonFiniteLoss(name), *cbs],
+                callbacks=[StopOnNonFiniteLoss(name, check_every=TrainSettings().nonfinite_check_steps), *cbs],
             )
         )
         timer = StepTimer(warm_eval, warm_eval + n_eval - 1)

@@ -1,4 +1,5 @@
-"""bench/train_speed.py at a tiny scale on the CPU: it runs, prints its table, and needs no TensorFlow on JAX."""
+"""bench/train_speed.py and bench/epoch_overhead.py at a tiny scale on the CPU: they run, print their
+tables, and need no TensorFlow on JAX (the GPU machine has none)."""
 
 import importlib.util
 import json
@@ -11,6 +12,7 @@ import keras
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_speed.py"
+EPOCH_OVERHEAD = SCRIPT.with_name("epoch_overhead.py")
 
 #: Run a script with TensorFlow (and TensorBoard) impossible to import, as on the JAX-only GPU machine:
 #: the path finder no longer sees them, so ``import tensorflow`` fails and ``find_spec`` returns None.
@@ -39,13 +41,13 @@ assert not loaded, f"imported without TensorFlow installed: {loaded}"
 """
 
 
-def _run(args, tmp_path, backend=None, prefix=()):
+def _run(args, tmp_path, backend=None, prefix=(), script=SCRIPT):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if backend:
         env["KERAS_BACKEND"] = backend
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, *prefix, str(SCRIPT), "--tiny", "--root", str(tmp_path / "data"), "--json", str(out), *args],
+        [sys.executable, *prefix, str(script), "--tiny", "--root", str(tmp_path / "data"), "--json", str(out), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -85,3 +87,23 @@ def test_train_speed_runs_on_jax_without_tensorflow(tmp_path):
     stdout, results = _run(["--models", "model1"], tmp_path, backend="jax", prefix=("-c", WITHOUT_TENSORFLOW))
     _check_table(stdout, results, ["model1"], "jax")
     assert results["jit_compile"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed (requirements-dev.txt)")
+def test_epoch_overhead_tiny_runs_on_jax_without_tensorflow_and_shows_less_blocking(tmp_path):
+    stdout, results = _run(
+        ["--models", "model1,vgg16"],
+        tmp_path,
+        backend="jax",
+        prefix=("-c", WITHOUT_TENSORFLOW),
+        script=EPOCH_OVERHEAD,
+    )
+    assert "| model | params | GPU epoch s | before: blocked s |" in stdout and "largest blocking share after" in stdout
+    assert [row["model"] for row in results["models"]] == ["model1", "vgg16"]
+    for row in results["models"]:
+        before, after = row["before"], row["after"]
+        assert after["blocked_s"] + after["copy_s"] < before["blocked_s"], row["model"]
+        assert 0 < after["run_bytes"] < before["run_bytes"]  # one model file and a weights-only checkpoint
+        assert after["state_bytes"] > 0 and row["share_after"] < row["share_before"]
+    assert len(results["steps"]) == 3 and all(ms > 0 for _, ms in results["steps"])
