@@ -257,3 +257,23 @@ def test_a_resumed_state_puts_the_best_weights_back_into_the_checkpoint(tmp_path
     assert restored.best == 0.5 and restored.best_epoch == 0
     for a, b in zip(restored.best_weights, saver.model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.backend
+def test_the_device_copies_of_the_best_weights_do_not_follow_the_training(tmp_path):
+    """Early stopping keeps the best epoch's weights where they live; the next steps' updates must not reach
+    them (TensorFlow copies a variable's buffer on write while a read of it is held; JAX arrays are
+    immutable, and the copy is a buffer of its own, safe from donation)."""
+    saver, _ = _state_callback(tmp_path, 0)
+    es = create_callbacks("m", settings=CallbackSettings(reduce_lr=None)).early_stopping
+    es.set_model(saver.model)
+    es.on_train_begin()
+    es.on_epoch_end(0, {"val_loss": 1.0})
+    kept = [keras.ops.convert_to_numpy(w).copy() for w in es.best_weights]
+    kernel = saver.model.layers[0].kernel
+    kernel.assign(kernel + 1.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(es.best_weights[0]), kept[0])
+    es.on_epoch_end(1, {"val_loss": 2.0})  # no improvement: the copy stays the first epoch's
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(es.best_weights[0]), kept[0])
+    es.on_epoch_end(2, {"val_loss": 0.5})
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(es.best_weights[0]), kept[0] + 1.0)

@@ -1,12 +1,13 @@
 """Training (the report's "Model Pipeline", steps 11 to 13): docs/training.md.
 
 ``optimizers`` (the report's optimizer choice and legacy decay), ``callbacks`` (the report's callbacks and
-carclf's), ``resume`` (the per-epoch resume state), ``saving`` (model files), ``result`` (what a run
-returns) and ``pipeline`` (``run_model_pipeline`` in named steps).
+carclf's), ``resume`` (the per-epoch resume state), ``writer`` (its background writer), ``saving`` (model
+files), ``result`` (what a run returns) and ``pipeline`` (``run_model_pipeline`` in named steps).
 """
 
 from carclf.train.callbacks import (
     BestModelCheckpoint,
+    EarlyStopping,
     EMAWeights,
     NonFiniteLossError,
     ReduceLROnPlateau,
@@ -35,6 +36,7 @@ __all__ = [
     "BestModelCheckpoint",
     "DEFAULT_OPTIMIZER",
     "EMAWeights",
+    "EarlyStopping",
     "NonFiniteLossError",
     "OPTIMIZERS",
     "OPTIMIZER_KEYS",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,12 +23,14 @@ log = logging.getLogger("carclf.train")
 __all__ = [
     "BestModelCheckpoint",
     "EMAWeights",
+    "EarlyStopping",
     "NonFiniteLossError",
     "ReduceLROnPlateau",
     "StopOnNonFiniteLoss",
     "TrainingCallbacks",
     "callback_state",
     "create_callbacks",
+    "device_copy",
     "set_callback_state",
     "tensorboard_available",
 ]
@@ -75,12 +78,31 @@ class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
         return True
 
 
+def device_copy(variables) -> list:
+    """The variables' values copied where they live (on the GPU: no transfer to the host, no wait)."""
+    return [keras.ops.copy(v.value) for v in variables]
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's EarlyStopping, keeping the best epoch's weights as copies on the device rather than fetching
+    them to the host at every improvement (the resume state fetches them when it is taken)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        restore, self.restore_best_weights = self.restore_best_weights, False
+        try:
+            super().on_epoch_end(epoch, logs)
+        finally:
+            self.restore_best_weights = restore
+        if restore and (self.best_weights is None or self.best_epoch == epoch):
+            self.best_weights = device_copy(self.model.weights)
+
+
 class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint with ``save_best_only=True`` and ``save_weights_only=True``, off the training loop's path.
 
-    Whenever ``monitor`` improves it keeps a host copy of the weights (no optimizer: the resume state holds
-    that while a run can resume); the resume state carries the copy, and :meth:`write` saves it to
-    ``filepath`` (``.weights.h5``, through a temporary file) once, when the run finishes.
+    Whenever ``monitor`` improves it keeps a copy of the weights on the device (no optimizer: the resume
+    state holds that while a run can resume); the resume state carries the copy, and :meth:`write` saves it
+    to ``filepath`` (``.weights.h5``, through a temporary file) once, when the run finishes.
     """
 
     async_safe = True  # its batch hooks do nothing: they must not make Keras wait for every step
@@ -120,7 +142,7 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
             if es is not None and es.best_epoch == epoch and es.best_weights is not None:
                 self.best_weights = es.best_weights  # the same epoch's weights: one copy (pickled once)
             else:
-                self.best_weights = self.model.get_weights()
+                self.best_weights = device_copy(self.model.weights)
 
     def write(self, model):
         """Save the best epoch's weights to ``filepath``; the model's own weights are left as they were."""
@@ -137,9 +159,12 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Raise :class:`NonFiniteLossError`, naming the model and epoch, when the loss is NaN or infinite.
 
-    The loss is read every ``check_every`` steps and at the epoch's end (the epoch's running mean, which
-    stays non-finite once a step's loss was). ``async_safe``: on a backend that allows it (JAX), Keras then
-    runs batch hooks in a thread, so the training loop does not wait for each step's loss.
+    Each step's loss is checked when Keras hands it over: on JAX, where this callback's ``async_safe`` lets
+    Keras run batch hooks in a thread, behind the training loop; on TensorFlow, whose trainer converts
+    every step's logs anyway, at once. The training thread waits for those checks to catch up only every
+    ``check_every`` steps, so it reads values at most that often and stops within that many steps of the
+    first non-finite loss (the epoch's loss is a running mean: it stays non-finite once a step's was).
+    Nothing is raised in Keras's thread: the error is raised in the training thread.
     """
 
     async_safe = True
@@ -151,11 +176,53 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         self.state_path = state_path
         self.check_every = max(1, int(check_every))
         self.epoch = 0
-        self._next_check = self.check_every
+        self._checked = threading.Condition()
+        self._last_checked = -1
+        self._error = None
+        self._next_wait = self.check_every
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self._next_check = self.check_every
+        with self._checked:  # Keras has run every batch hook of the last epoch before its end
+            self._last_checked, self._error = -1, None
+        self._next_wait = self.check_every
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch >= self._next_wait:  # batch jumps by steps_per_execution
+            self._next_wait = batch + self.check_every
+            with self._checked:
+                self._checked.wait_for(lambda: self._last_checked >= batch - 1 or self._error, timeout=600)
+            self._stop_if_failed()
+
+    def on_train_batch_end(self, batch, logs=None):
+        try:
+            if self._error is None:  # the first non-finite step is the one reported
+                self._check(logs, f"batch {batch + 1}")
+        except NonFiniteLossError as exc:
+            with self._checked:
+                self._error = self._error or exc
+        finally:
+            with self._checked:
+                self._last_checked = max(self._last_checked, batch)
+                self._checked.notify_all()
+        if keras.backend.backend() != "jax":
+            self._stop_if_failed()  # in the training thread: raise at once
+
+    def on_epoch_end(self, epoch, logs=None):
+        # First of the epoch's callbacks: nothing has saved the epoch's non-finite weights yet.
+        if self._error is not None:
+            raise self._error
+        self._check(logs, "epoch end")
+
+    def _stop_if_failed(self):
+        """Stop at a non-finite loss: raise now on TensorFlow; on JAX, whose trainer holds the variables'
+        values outside the model during an epoch, let Keras end the epoch (it puts them back) and raise
+        at its end."""
+        if self._error is None:
+            return
+        self.model.stop_training = True
+        if keras.backend.backend() != "jax":
+            raise self._error
 
     def _check(self, logs, where):
         loss = (logs or {}).get("loss")
@@ -164,7 +231,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = to_float(loss)
         if math.isfinite(loss):
             return
-        self.model.stop_training = True
         saved = f"; the last finished epoch ({self.epoch}) is kept in {self.state_path}" if self.state_path else ""
         lr = f" (now {self.learning_rate:g})" if self.learning_rate else ""
         message = (
@@ -174,14 +240,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         )
         log.error(message)
         raise NonFiniteLossError(message)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch + 1 >= self._next_check:  # batch jumps by steps_per_execution
-            self._next_check = batch + 1 + self.check_every
-            self._check(logs, f"batch {batch + 1}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._check(logs, "epoch end")
 
 
 class EMAWeights(keras.callbacks.SwapEMAWeights):
@@ -203,21 +261,32 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
         return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs=None: self.swap_back())
 
 
-def callback_state(cb) -> dict | None:
+def callback_state(cb, fetched: dict | None = None) -> dict | None:
+    """The counters a resume must restore, the best weights fetched to the host (``fetched``: the lists
+    fetched so far by ``id``, so that weights shared by two callbacks are fetched and pickled once)."""
     if cb is None:
         return None
+    fetched = {} if fetched is None else fetched
+
+    def host(weights):
+        if weights is None:
+            return None
+        if id(weights) not in fetched:
+            fetched[id(weights)] = [np.asarray(keras.ops.convert_to_numpy(w)) for w in weights]
+        return fetched[id(weights)]
+
     if isinstance(cb, keras.callbacks.EarlyStopping):
         return {
             "wait": cb.wait,
             "best": native(cb.best),
             "best_epoch": cb.best_epoch,
             "stopped_epoch": cb.stopped_epoch,
-            "best_weights": cb.best_weights,
+            "best_weights": host(cb.best_weights),
         }
     if isinstance(cb, keras.callbacks.ReduceLROnPlateau):
         return {"wait": cb.wait, "best": native(cb.best), "cooldown_counter": cb.cooldown_counter}
     if isinstance(cb, BestModelCheckpoint):
-        return {"best": cb.best, "best_epoch": cb.best_epoch, "best_weights": cb.best_weights}
+        return {"best": cb.best, "best_epoch": cb.best_epoch, "best_weights": host(cb.best_weights)}
     return None
 
 
@@ -280,7 +349,7 @@ def create_callbacks(
     cfg = nested(CallbackSettings)(settings or {})
     es = rl = ck = tb = None
     if cfg.early_stopping is not None:
-        es = keras.callbacks.EarlyStopping(verbose=verbose, **asdict(cfg.early_stopping))
+        es = EarlyStopping(verbose=verbose, **asdict(cfg.early_stopping))
     if cfg.reduce_lr is not None:
         rl = ReduceLROnPlateau(schedule=schedule, verbose=verbose, **asdict(cfg.reduce_lr))
     if cfg.checkpoint is not None and checkpoint_path is not None:

@@ -175,6 +175,7 @@ class ResumableState(keras.callbacks.Callback):
         t0 = time.perf_counter()
         self._last_save = time.monotonic()
         wall, cpu = self.clock()
+        fetched = {}
         state = {
             "format": TRAIN_FORMAT,
             "key": self.key,
@@ -185,7 +186,7 @@ class ResumableState(keras.callbacks.Callback):
             "model_variables": host_copy(self.model.variables),
             "optimizer_variables": host_copy(self.model.optimizer.variables),
             "lr_scale": self.schedule.scale if self.schedule is not None else None,
-            "callbacks": {role: callback_state(getattr(self.callbacks, role)) for role in _ROLES},
+            "callbacks": {role: callback_state(getattr(self.callbacks, role), fetched) for role in _ROLES},
             "generator_epoch": int(epoch) + 1,
             "elapsed": (wall, cpu),
         }
