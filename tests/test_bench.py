@@ -69,7 +69,8 @@ def _check_table(stdout, results, names, backend):
     for row in results["rows"]:
         assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0 and row["projected_min"] > 0
         assert row["batch"] == 8 and row["timed_steps"] >= 1
-    assert all(gen["images_per_s"] > 0 for gen in results["generator"].values())
+    assert all(gen["images_per_s"] > 0 and gen["online_images_per_s"] > 0 for gen in results["generator"].values())
+    assert "with the modern recipe's online augmentation" in stdout
 
 
 @pytest.mark.slow
