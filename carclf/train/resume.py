@@ -123,7 +123,6 @@ class ResumableState(keras.callbacks.Callback):
         self.writer = writer or BackgroundWriter(write_state, background=False)
         self.interval = float(interval)
         self._last_save = -math.inf
-        self.blocked_s = 0.0  # seconds the training loop waited for host copies
 
     def resume(self, model, state: dict) -> tuple[int, bool]:
         """Put ``state`` back into the compiled ``model``, its schedule and the callbacks.
@@ -172,7 +171,6 @@ class ResumableState(keras.callbacks.Callback):
 
     def save(self, epoch):
         """Take the state after ``epoch`` and hand it to the writer."""
-        t0 = time.perf_counter()
         self._last_save = time.monotonic()
         wall, cpu = self.clock()
         fetched = {}
@@ -190,5 +188,4 @@ class ResumableState(keras.callbacks.Callback):
             "generator_epoch": int(epoch) + 1,
             "elapsed": (wall, cpu),
         }
-        self.blocked_s += time.perf_counter() - t0
         self.writer.submit((self.path, state))
