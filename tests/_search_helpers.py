@@ -96,11 +96,12 @@ def open_data(pickles, decoded_key):
     return open_decoded(StageCache(pickles), decoded_key)
 
 
-def kill_callback():
-    # The training test's killer; tests/ is on sys.path both as a script and under pytest.
+def kill_callback(home):
+    # The training test's killer (it waits for the previous epoch's state under ``home``); tests/ is on
+    # sys.path both as a script and under pytest.
     from _train_helpers import kill_at
 
-    return kill_at(KILL_EPOCH, KILL_BATCH)
+    return kill_at(KILL_EPOCH, KILL_BATCH, home)
 
 
 def patch_pipeline(kill_at_call, log_path=None):
@@ -117,7 +118,7 @@ def patch_pipeline(kill_at_call, log_path=None):
                 handle.write(json.dumps(args[2]) + "\n")
                 handle.flush()
         if len(calls) == kill_at_call:
-            kwargs["extra_callbacks"] = [*kwargs.get("extra_callbacks", ()), kill_callback()]
+            kwargs["extra_callbacks"] = [*kwargs.get("extra_callbacks", ()), kill_callback(kwargs["store"].paths.root)]
         return original(*args, **kwargs)
 
     train.run_model_pipeline = wrapper
