@@ -205,8 +205,10 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             with self._checked:
                 self._last_checked = max(self._last_checked, batch)
                 self._checked.notify_all()
+        # On JAX this runs in Keras's thread, and stopping from there breaks the epoch while the trainer's
+        # state is mid-step (its buffers donated): the training thread stops at its next wait instead.
         if keras.backend.backend() != "jax":
-            self._stop_if_failed()  # in the training thread: raise at once
+            self._stop_if_failed()
 
     def on_epoch_end(self, epoch, logs=None):
         # First of the epoch's callbacks: nothing has saved the epoch's non-finite weights yet.
