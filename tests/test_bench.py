@@ -107,4 +107,7 @@ def test_epoch_overhead_tiny_runs_on_jax_without_tensorflow_and_shows_less_block
         assert after["blocked_s"] + after["copy_s"] < before["blocked_s"], row["model"]
         assert 0 < after["run_bytes"] < before["run_bytes"]  # one model file and a weights-only checkpoint
         assert after["state_bytes"] > 0 and row["share_after"] < row["share_before"]
+        projected = row["projected"]  # the same path on an H100: fixed costs measured here, bytes at its rates
+        assert projected["fixed"]["device"] > 0 and projected["fixed"]["host"] > 0
+        assert 0 < projected["blocked_s"] < projected["copy_s"] and 0 < projected["share"] < row["share_before"]
     assert len(results["steps"]) == 3 and all(ms > 0 for _, ms in results["steps"])
