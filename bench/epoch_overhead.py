@@ -222,13 +222,11 @@ def per_tensor_s(count=400, repeats=5):
     return out
 
 
-def variable_bytes(variables):
-    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
-
-
 def projected_gpu(model, fixed):
     """The after path's blocking projected onto one H100: the best weights copied in GPU memory, the state's
     variables fetched over PCIe, each tensor paying the fixed cost measured here."""
+    from carclf.train.saving import variable_bytes
+
     weights = model.weights
     state = list(model.variables) + list(model.optimizer.variables)
     return {

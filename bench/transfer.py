@@ -203,6 +203,11 @@ def train_arm(name, arm, run_settings, decoded, store, weights, size, bn_momentu
     return result, gens
 
 
+def wall_s(result, t0):
+    """The run's own wall time when it was read from the cache, else the seconds since ``t0``."""
+    return result.wall_min * 60 if result.loaded else time.perf_counter() - t0
+
+
 def arm_slug(arm):
     return "".join(c if c.isalnum() else "-" for c in arm.lower()).strip("-").replace("--", "-")
 
@@ -243,7 +248,7 @@ def pretrain(name, args, source, store, weights_dir):
     if not path.is_file():
         save_base(name, result.load_model(compile=False), path, args.size)
     acc = result.test_metrics.get("accuracy", float("nan"))
-    wall = result.wall_min * 60 if result.loaded else time.perf_counter() - t0
+    wall = wall_s(result, t0)
     print(f"{name}: pretrained on the source classes for {epochs} epochs, test top-1 {acc:.3f} ({wall:.0f} s)")
     return path
 
@@ -324,7 +329,7 @@ def run_base(name, args, source, target, store, weights_dir):
         weights_file = str(weights) if pretrained else None
         result, gens = train_arm(name, arm, settings, target, store, weights_file, args.size, args.bn_momentum)
         correct = correct_on_test(result, gens, settings.evaluation.tta)
-        wall = result.wall_min * 60 if result.loaded else time.perf_counter() - t0
+        wall = wall_s(result, t0)
         rows.append({"base": name, "arm": arm, "correct": correct, "wall_s": wall, "recipe": settings.recipe})
         print(f"{name} {arm}: top-1 {correct.mean():.3f} ({wall:.0f} s, {result.epochs_run} epochs)", flush=True)
         if arm == "modern":  # the same model without test-time augmentation: no second run

@@ -24,11 +24,17 @@ __all__ = [
     "save_array",
     "save_model_atomic",
     "save_weights_atomic",
+    "variable_bytes",
 ]
 
 
+def variable_bytes(variables) -> int:
+    """The bytes the variables' values take."""
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+
 def _bytes(variables) -> int:
-    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables) + (1 << 20)
+    return variable_bytes(variables) + (1 << 20)  # and a file's config and headers
 
 
 def _size_estimate(model) -> int:
