@@ -229,10 +229,13 @@ def projected_gpu(model, fixed):
 
     weights = model.weights
     state = list(model.variables) + list(model.optimizer.variables)
+    sizes = {"weights": variable_bytes(weights), "state": variable_bytes(state)}
     return {
         "fixed": fixed,
-        "blocked_s": len(weights) * fixed["device"] + variable_bytes(weights) / GPU_COPY_BYTES_PER_S,
-        "copy_s": len(state) * fixed["host"] + variable_bytes(state) / GPU_FETCH_BYTES_PER_S,
+        "tensors": {"weights": len(weights), "state": len(state)},
+        "bytes": sizes,
+        "blocked_s": len(weights) * fixed["device"] + sizes["weights"] / GPU_COPY_BYTES_PER_S,
+        "copy_s": len(state) * fixed["host"] + sizes["state"] / GPU_FETCH_BYTES_PER_S,
     }
 
 

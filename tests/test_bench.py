@@ -109,5 +109,7 @@ def test_epoch_overhead_tiny_runs_on_jax_without_tensorflow_and_shows_less_block
         assert after["state_bytes"] > 0 and row["share_after"] < row["share_before"]
         projected = row["projected"]  # the same path on an H100: fixed costs measured here, bytes at its rates
         assert projected["fixed"]["device"] > 0 and projected["fixed"]["host"] > 0
-        assert 0 < projected["blocked_s"] < projected["copy_s"] and 0 < projected["share"] < row["share_before"]
+        assert projected["blocked_s"] > 0 and projected["copy_s"] > 0 and 0 < projected["share"] < row["share_before"]
+        tensors, sizes = projected["tensors"], projected["bytes"]  # the state: the weights and the optimizer's
+        assert tensors["state"] > tensors["weights"] > 0 and sizes["state"] > sizes["weights"] > 0
     assert len(results["steps"]) == 3 and all(ms > 0 for _, ms in results["steps"])
