@@ -112,13 +112,14 @@ def _search(args):
     from carclf import workflow
 
     ws = _workspace(args, **({"search.n_trials": args.trials} if args.trials is not None else {}))
-    result = workflow.search_hyperparameters(ws)
-    workflow.plot_search(ws, result)
-    _print_table(result.trials)
-    print(
-        f"best {result.objective} {result.best_value:.4g} at trial {result.best_trial}: {result.best_params}\n"
-        f"plots: {workflow.report_path(ws, 'search_convergence')}, {workflow.report_path(ws, 'search_importance')}"
-    )
+    results = workflow.search_hyperparameters(ws, args.model)
+    workflow.plot_search(ws, results)
+    for name, result in results.items():
+        print(f"{name}: {result.backend} search, {result.n_trials} trials (trial 0: the defaults)")
+        _print_table(result.trials)
+    print("best of each search against its trial one (the defaults):")
+    _print_table(workflow.search_summary(results))
+    print(f"plots: {workflow.report_path(ws, 'search_convergence')}, {workflow.report_path(ws, 'search_importance')}")
     return 0
 
 
@@ -349,7 +350,13 @@ def _stage_commands(command, profile, which):
     command("augment", _augment, "build the offline augmented training set; a grid of examples in reports/")
     search = command("search", _search, "run (or resume, or extend) the hyperparameter search")
     search.add_argument(
-        "--trials", type=_at_least(1), help="how many trials the search should have, >= 1 (more extends it)"
+        "--trials", type=_at_least(1), help="how many trials each search should have, >= 1 (more extends it)"
+    )
+    search.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="a model to search, repeatable (default: every model the profile searches, search.models)",
     )
     train = command(
         "train",
@@ -445,7 +452,8 @@ def _models_asked(args):
     if args.command == "train":
         return args.model or list(settings.models)
     if args.command == "search":
-        return [settings.search.model] if settings.search.input_size is None else []
+        searched = settings.search.models or settings.models if settings.search.per_model else [settings.search.model]
+        return (args.model or list(searched)) if settings.search.input_size is None else []
     if args.command in ("evaluate", "predict") and args.model:
         return [args.model]
     return None

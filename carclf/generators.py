@@ -222,7 +222,7 @@ def make_generators(
     augment = None
     train_kwargs = dict(pydataset_kwargs)
     if settings.augmentation == "online":
-        augment = OnlineAugment(pipeline_for(settings.pipeline, train.image_size))
+        augment = OnlineAugment(pipeline_for(settings.pipeline, train.image_size, settings.crop_scale))
         train_kwargs = {**_online_workers(settings), **train_kwargs}
     mix = batch_mixer(settings.cutmix, settings.mixup)
     train_gen = ImageBatches(train, batch_size, shuffle=True, seed=seed, augment=augment, mix=mix, **train_kwargs)

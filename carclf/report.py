@@ -42,6 +42,8 @@ __all__ = [
     "plot_convergence",
     "plot_history",
     "plot_importance",
+    "plot_search_importances",
+    "plot_searches",
     "plot_timings",
     "protocol_text",
     "save_figure",
@@ -322,11 +324,49 @@ def plot_timings(timer_or_table, out_path=None) -> Figure:
 # --------------------------------------------------------------------------- #
 
 
-def plot_convergence(result, out_path=None, caption=None) -> Figure:
-    """The objective of every trial and the best so far, against the trial number (a Figure)."""
+def _axes(ax, figsize):
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots()
+
+
+def _search_grid(results, plot, caption, out_path, height) -> Figure:
+    """One panel per search of ``results`` (a dict of model -> SearchResult), drawn by ``plot(result, ax)``."""
+    cols = min(2, len(results))
+    rows = -(-len(results) // cols)
+    fig = Figure(figsize=(7 * cols, height * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, result in zip(axes, results.values()):
+        plot(result, ax=ax)
+    for ax in axes[len(results) :]:
+        ax.set_axis_off()
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
+
+
+def plot_searches(results, out_path=None, caption=None) -> Figure:
+    """:func:`plot_convergence` of each model's search, one panel per model (a Figure)."""
+    return _search_grid(results, plot_convergence, caption, out_path, 4.2)
+
+
+def plot_search_importances(results, out_path=None, caption=None) -> Figure:
+    """:func:`plot_importance` of each model's search, one panel per model (a Figure)."""
+    height = 0.5 * max(3, max(len(r.space) for r in results.values())) + 1.2
+    return _search_grid(results, plot_importance, caption, out_path, height)
+
+
+def plot_convergence(result, out_path=None, caption=None, ax=None) -> Figure:
+    """The objective of every trial and the best so far, against the trial number; a dotted line at trial
+    one, the defaults (a Figure, or drawn on ``ax``)."""
     trials = result.trials
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _axes(ax, (7, 4.2))
+    first = trials[trials["trial"] == trials["trial"].min()]
+    if len(first) and first["state"].iloc[0] == "complete":
+        ax.axhline(float(first["value"].iloc[0]), ls=":", color="0.4", label="defaults (trial one)")
     done = trials[trials["state"] == "complete"]
     ax.plot(done["trial"], done["value"], "o", label="trial", alpha=0.7)
     values = done["value"].to_numpy(dtype=float)
@@ -350,11 +390,11 @@ def plot_convergence(result, out_path=None, caption=None) -> Figure:
     return fig
 
 
-def plot_importance(result, out_path=None, caption=None) -> Figure:
-    """A bar chart of the hyperparameters' importance for the objective (fANOVA; a Figure)."""
+def plot_importance(result, out_path=None, caption=None, ax=None) -> Figure:
+    """A bar chart of the hyperparameters' importance for the objective (fANOVA; a Figure, or drawn on
+    ``ax``)."""
     importances = result.importances()
-    fig = Figure(figsize=(7, 0.5 * max(3, len(importances)) + 1.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _axes(ax, (7, 0.5 * max(3, len(importances)) + 1.2))
     if importances:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="C0")

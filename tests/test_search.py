@@ -1,5 +1,6 @@
 """carclf.search on the 32x32 synthetic set: tiny model (model1), 1-2 epochs per trial."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -15,7 +16,7 @@ import pytest
 
 import carclf.train as T
 from carclf import search as S
-from carclf.cache import load_pickle
+from carclf.cache import load_pickle, native
 from carclf.generators import ImageBatches
 from carclf.paths import Store
 from carclf.report import plot_convergence, plot_importance
@@ -98,7 +99,7 @@ def param_set(params):
 
 
 def test_space_is_declared_once_and_restricts_to_adam():
-    assert set(S.SEARCH_SPACE) == {
+    report_names = {
         "learning_rate",
         "weight_decay",
         "dropout",
@@ -109,11 +110,24 @@ def test_space_is_declared_once_and_restricts_to_adam():
         "rho",
         "optimizer_type",
     }
-    assert S.SEARCH_SPACE["learning_rate"] == (1e-6, 1e-3, "log-uniform")  # the report's 1e-3 to 1e-6
-    assert S.SEARCH_SPACE["weight_decay"][:2] == (1e-6, 1e-4)
+    assert set(S.REPORT_SPACE) == report_names
+    assert set(S.SEARCH_SPACE) == report_names | {"label_smoothing", "warmup", "finetune_lr_scale", "crop_scale"}
+    assert S.SEARCH_SPACE["learning_rate"] == S.REPORT_SPACE["learning_rate"] == (1e-6, 1e-3, "log-uniform")
+    assert S.REPORT_SPACE["weight_decay"][:2] == (1e-6, 1e-4)  # the report's, kept as search.ranges="report"
+    assert S.SEARCH_SPACE["weight_decay"][:2] == (1e-3, 0.5)  # where lr * weight_decay per step moves weights
     assert S.SEARCH_SPACE["dropout"][:2] == (0.1, 0.5)
     lo, hi, _ = S.SEARCH_SPACE["decay"]
     assert lo < 1e-6 < hi  # "a small value like 1e-6"
+
+    # each dimension only where the run reads it
+    report = S.search_space()
+    assert "decay" in report and not {"label_smoothing", "warmup", "finetune_lr_scale", "crop_scale"} & set(report)
+    modern = S.search_space(
+        optimizer="AdamW", schedule="warmup_cosine", two_phase=True, label_smoothing=True, crop=True
+    )
+    assert modern["optimizer_type"] == ["AdamW"] and "decay" not in modern
+    assert {"label_smoothing", "warmup", "finetune_lr_scale", "crop_scale"} <= set(modern)
+    assert "finetune_lr_scale" not in S.search_space(optimizer="AdamW", schedule="warmup_cosine")
 
     full = S.search_space(adam_only=False)
     assert full["optimizer_type"] == ["Adam", "SGD", "RMSprop", "Adagrad"]
@@ -180,7 +194,11 @@ def skopt_run(synthetic_cars32, tmp_path_factory):
 
 def test_skopt_search_four_calls_inside_the_space(skopt_run, synthetic_cars32):
     result, spy, _ = skopt_run
-    space = S.search_space()
+    space = result.space
+    # the declared space, widened to hold the defaults: weight decay is off (0) by default under Adam
+    assert set(space) == set(S.search_space())
+    assert tuple(space["weight_decay"]) == (0.0, 0.5, "uniform")
+    assert tuple(space["learning_rate"]) == S.SEARCH_SPACE["learning_rate"]
     assert result.backend == "skopt" and result.n_trials == 4 and result.complete
     assert len(result.trials) == 4 and list(result.trials["trial"]) == [0, 1, 2, 3]
     assert (result.trials["state"] == "complete").all()
@@ -188,11 +206,17 @@ def test_skopt_search_four_calls_inside_the_space(skopt_run, synthetic_cars32):
     for name, spec in space.items():
         value = result.best_params[name]
         assert value in spec if is_choices(spec) else spec[0] <= value <= spec[1]
-    assert result.best_value == pytest.approx(result.trials["value"].min())
+    # trial one is the defaults (Hyperparams()), so the best is never worse than they are
+    first = result.trials.iloc[0]
+    assert first["defaults"] and not result.trials["defaults"].iloc[1:].any()
+    expected = {"learning_rate": 1e-4, "dropout": 0.5, "decay": 1e-6, "weight_decay": 0.0, "beta_1": 0.9}
+    assert {k: first[k] for k in expected} == pytest.approx(expected)
+    assert result.best_value == pytest.approx(result.trials["value"].max())
+    assert result.best_value >= first["value"]
     assert result.best_params["optimizer_type"] == "Adam"
     # the settings, recorded with the result, say what was searched on
     settings = result.settings
-    assert settings["objective"] == "val_loss" and settings["epochs"] == 1 and settings["subsample"] is None
+    assert settings["objective"] == "val_accuracy" and settings["epochs"] == 1 and settings["subsample"] is None
     assert settings["train_rows"] + settings["validation_rows"] == 200
     assert settings["data"]["rows"] == 200 and settings["data"]["image_size"] == [32, 32]
     # the search read training rows only (the test split is a Forbidden object)
@@ -287,7 +311,8 @@ def test_skopt_search_killed_in_trial_3_resumes_there(synthetic_cars32, tmp_path
 
 def fake_pipeline(monkeypatch, diverge_at):
     """Replace training by a stub: call ``diverge_at`` (1-based) raises NonFiniteLossError, the others
-    return a val_loss that improves with the learning rate. Returns the list of hyperparameters seen."""
+    return a val_loss (and val_accuracy) that improves with the learning rate. Returns the list of
+    hyperparameters seen."""
     calls = []
 
     def fake(model_func, model_name, hyperparams, *args, **kwargs):
@@ -296,7 +321,7 @@ def fake_pipeline(monkeypatch, diverge_at):
             raise T.NonFiniteLossError("the training loss became nan")
         value = 2.0 + 0.01 * math.log10(hyperparams["learning_rate"])
         return SimpleNamespace(
-            history={"val_loss": [value + 0.1, value], "loss": [1.0, 0.9]},
+            history={"val_loss": [value + 0.1, value], "val_accuracy": [0.0, 2.1 - value], "loss": [1.0, 0.9]},
             epochs_run=2,
             wall_min=0.0,
             cpu_min=0.0,
@@ -322,6 +347,7 @@ def test_full_space_and_diverged_trials(synthetic_cars32, tmp_path, monkeypatch)
         n_initial_points=3,
         acq_func="EI",
         epochs=2,
+        objective="val_loss",
         **where(tmp_path / "skopt"),
     )
     assert len(calls) == 4
@@ -373,31 +399,58 @@ def test_skopt_replay_gives_the_uninterrupted_search(synthetic_cars32, tmp_path,
 # --------------------------------------------------------------------------- #
 
 
+GOOD = {"learning_rate": 1e-3, "weight_decay": 1e-3, "dropout": 0.1, "beta_1": 0.9, "beta_2": 0.999, "decay": 1e-7}
+POOR = {**GOOD, "learning_rate": 1e-6, "dropout": 0.5}
+
+
 @pytest.mark.slow
 def test_optuna_prunes_a_poor_trial(synthetic_cars32, tmp_path):
-    good = {"learning_rate": 1e-3, "weight_decay": 1e-6, "dropout": 0.1, "beta_1": 0.9, "beta_2": 0.999, "decay": 1e-7}
-    poor = {**good, "learning_rate": 1e-6, "dropout": 0.5}
+    """The median pruner (the report's Optuna pruning); trial 0 is the defaults, then the enqueued ones."""
     result = helpers.optuna(
         "model1",
         synthetic_cars32.decoded,
-        n_trials=3,
+        n_trials=4,
         epochs=2,
         patience=2,
+        objective="val_loss",
+        pruner="median",
         prune_startup_trials=2,
         prune_warmup_epochs=0,
-        enqueue=[good, {**good, "beta_1": 0.85}, poor],
+        enqueue=[GOOD, {**GOOD, "beta_1": 0.85}, POOR],
         heartbeat_interval=1,
         **where(tmp_path),
     )
     states = dict(zip(result.trials["trial"], result.trials["state"]))
-    assert states == {0: "complete", 1: "complete", 2: "pruned"}, result.trials.to_string()
-    assert result.trials.loc[2, "learning_rate"] == pytest.approx(1e-6)
-    assert result.trials.loc[2, "pruned_at_epoch"] in (1, 2)
-    print(result.trials[["trial", "state", "value", "last_value", "epochs_run", "pruned_at_epoch"]].to_string())
-    assert result.best_trial in (0, 1)
+    assert states == {0: "complete", 1: "complete", 2: "complete", 3: "pruned"}, result.trials.to_string()
+    assert result.trials.loc[0, "learning_rate"] == pytest.approx(1e-4)  # the defaults
+    assert result.trials.loc[3, "learning_rate"] == pytest.approx(1e-6)
+    assert result.trials.loc[3, "pruned_at_epoch"] in (1, 2)
+    assert result.best_trial in (0, 1, 2)
+    assert result.best_value <= result.trials.loc[0, "value"]  # val_loss: never worse than the defaults
     db = tmp_path / "pickles" / "search-optuna" / f"{result.study_name.split('-')[-1]}.db"  # <model>-<key>
     assert db.is_file()
     assert not list((db.with_suffix("") / "work").iterdir())  # pruned and finished trials cleaned up
+
+
+@pytest.mark.slow
+def test_hyperband_stops_a_poor_trial_after_its_first_rung(synthetic_cars32, tmp_path):
+    """Hyperband (the default pruner) over 3 epochs: a trial worse than the best at 1 epoch stops there."""
+    result = helpers.optuna(
+        "model1",
+        synthetic_cars32.decoded,
+        n_trials=2,
+        epochs=3,
+        patience=3,
+        objective="val_loss",
+        enqueue=[POOR],
+        heartbeat_interval=1,
+        **where(tmp_path),
+    )
+    assert result.settings["optuna"]["pruner"] == "hyperband"
+    states = dict(zip(result.trials["trial"], result.trials["state"]))
+    assert states == {0: "complete", 1: "pruned"}, result.trials.to_string()
+    assert result.trials.loc[0, "epochs_run"] == 3
+    assert result.trials.loc[1, "pruned_at_epoch"] == 1 and result.trials.loc[1, "epochs_run"] == 1
 
 
 def _study(name, tmp_path):
@@ -487,6 +540,17 @@ def test_compare_default_optimal(skopt_run, synthetic_cars32, tmp_path):
         "store": Store.at(tmp_path),
         "settings": TrainSettings(epochs=1, verbose=0, plot=False, tensorboard=False),
     }
+
+    def best_at(trial):
+        row = result.trials.loc[trial]
+        return dataclasses.replace(result, best_params={k: native(row[k]) for k in result.best_params})
+
+    # when a search's best is its trial one, the defaults, "optimal" is the default run, loaded
+    frame = compare_default_optimal(["model1"], best_at(0), train, test, **kwargs)
+    assert frame["train_key"].nunique() == 1 and list(frame["loaded"]) == [False, True]
+    # another trial's values are another run
+    result = best_at(1)
+    kwargs["store"] = Store.at(tmp_path / "other")
     frame = compare_default_optimal(["model1"], result, train, test, **kwargs)
     assert list(frame["hyperparams"]) == ["default", "optimal"] and set(frame["model"]) == {"model1"}
     for metric in ("accuracy", "top3_accuracy", "precision", "recall", "auc", "loss"):

@@ -282,7 +282,7 @@ def build_augmented_set(
     if executor not in ("process", "thread"):
         raise ValueError(f"executor must be 'process' or 'thread', got {executor!r}")
     split = _train_split(source)
-    declared = pipeline_for(settings.pipeline, split.image_size)
+    declared = pipeline_for(settings.pipeline, split.image_size, settings.crop_scale)
     declaration = tuple((name, dict(kwargs)) for name, kwargs in check_declaration(declared))
     build_pipeline(declaration)  # fail here, not in a worker, on bad arguments
     if out_dir is None:

@@ -69,12 +69,16 @@ PIPELINES = {"report": REPORT_PIPELINE}
 MODERN_CROP = {"scale": (0.35, 1.0), "ratio": (3 / 4, 4 / 3), "p": 1.0}
 
 
-def pipeline_for(name, image_size) -> tuple:
+def pipeline_for(name, image_size, crop_scale=None) -> tuple:
     """The declaration ``augment.pipeline=name`` means for ``(height, width)`` images: ``"report"`` (the
-    report's seven transforms) or ``"modern"`` (a random resized crop, then the same seven)."""
+    report's seven transforms) or ``"modern"`` (a random resized crop keeping ``crop_scale`` to all of the
+    image, default :data:`MODERN_CROP`'s, then the same seven)."""
     if name == "modern":
         size = tuple(int(v) for v in image_size[:2])
-        return (("RandomResizedCrop", {"size": size, **MODERN_CROP}), *REPORT_PIPELINE)
+        crop = dict(MODERN_CROP)
+        if crop_scale is not None:
+            crop["scale"] = (float(crop_scale), 1.0)
+        return (("RandomResizedCrop", {"size": size, **crop}), *REPORT_PIPELINE)
     if name not in PIPELINES:
         raise ValueError(f"augment.pipeline must be one of {[*PIPELINES, 'modern']}, got {name!r}")
     return PIPELINES[name]

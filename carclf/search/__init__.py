@@ -7,12 +7,13 @@ report's choice) and ``optuna_backend`` choose the trials, ``result`` holds what
 from carclf.search.optuna_backend import run_optuna_search
 from carclf.search.result import SearchResult, param_importances
 from carclf.search.skopt_backend import run_skopt_search
-from carclf.search.space import OPTIMIZER_PARAMS, SEARCH_SPACE, search_space
+from carclf.search.space import OPTIMIZER_PARAMS, REPORT_SPACE, SEARCH_SPACE, search_space
 from carclf.settings import SearchSettings
 from carclf.splits import SplitView, subsample_split, validation_split
 
 __all__ = [
     "OPTIMIZER_PARAMS",
+    "REPORT_SPACE",
     "SEARCH_SPACE",
     "SearchResult",
     "SplitView",

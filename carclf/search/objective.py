@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,13 @@ import numpy as np
 from carclf.cache import canonical, qualname
 from carclf.generators import ImageBatches, describe_hook
 from carclf.paths import Store
-from carclf.search.space import OPTIMIZER_PARAMS, search_space
+from carclf.search.space import OPTIMIZER_PARAMS, REPORT_SPACE, search_space, split_params, widen
 from carclf.settings import (
+    AugmentSettings,
     CallbackSettings,
     EarlyStoppingSettings,
+    Hyperparams,
     SearchSettings,
-    SettingsError,
     TrainSettings,
     key_fields,
 )
@@ -34,7 +35,7 @@ log = logging.getLogger("carclf.search")
 __all__ = ["SEARCH_FORMAT", "SearchContext", "folder_lock", "prepare", "run_trial"]
 
 #: Bumped when a trial's meaning changes (part of every search key).
-SEARCH_FORMAT = 2
+SEARCH_FORMAT = 3
 
 
 @dataclass
@@ -47,14 +48,16 @@ class SearchContext:
     builder: Callable
     space: dict
     base_hyperparams: dict
+    defaults: dict  # trial one: the run's own value of each dimension (``applied`` keeps what it trains with)
     train_view: SplitView
     val_view: SplitView
     num_classes: int
     seed: int
-    augment: Any
+    augment: Any  # an online augmentation hook, or the AugmentSettings each trial builds its hook from
     store: Store
     deps: list
     data: dict  # what identifies the training data (rows, labels, sampled pixels)
+    widened: dict = field(default_factory=dict)  # name -> (declared, widened) where a default lay outside
     key: str = ""
 
     @property
@@ -89,6 +92,8 @@ class SearchContext:
                 "space": self.space,
                 "optimizer_params": {k: v for k, v in OPTIMIZER_PARAMS.items() if k in self.space},
                 "hyperparams": self.base_hyperparams,
+                "defaults": self.defaults,
+                "training": {k: v for k, v in key_fields(self.training).items() if k != "callbacks"},
                 "direction": self.direction,
                 "data": self.data,
                 "input_shape": list(self.input_shape),
@@ -97,7 +102,9 @@ class SearchContext:
                 "batch_size": self.training.batch_size,
                 "accum_steps": self.training.accum_steps,
                 "seed": self.seed,
-                "augment": describe_hook(self.augment),
+                "augment": key_fields(self.augment)
+                if isinstance(self.augment, AugmentSettings)
+                else describe_hook(self.augment),
                 self.backend: self.settings.backend_settings,  # the other backend's settings never reach this search
             }
         )
@@ -173,28 +180,46 @@ def prepare(
     augment=None,
     store=None,
     deps=(),
-    optimizer="Adam",
+    optimizer=None,
 ) -> SearchContext:
-    """The context of one search: the split views it trains and validates on, and its key. ``optimizer``
-    is the run's (under ``adam_only``, AdamW stays AdamW)."""
+    """The context of one search: the split views it trains and validates on, its space, trial one, its key.
+
+    ``hyperparams`` are the run's (the searched ones among them are trial one's values, the others stay
+    fixed), ``training`` its :class:`carclf.settings.TrainSettings` and ``augment`` its
+    :class:`carclf.settings.AugmentSettings` (or an augmentation hook): trials train the way the final
+    runs do, with the search's epoch budget.
+    """
     builder, model_name = _builder(model, model_name)
-    training = training or TrainSettings()
-    space = search_space(settings.adam_only, optimizer=optimizer, schedule=training.schedule)
-    base = dict(hyperparams or {})
-    overlap = sorted(set(base) & set(space))
-    if overlap:
-        raise SettingsError(f"hyperparams {overlap} are searched; leave them out of the fixed hyperparams")
+    run_hp = dict(hyperparams or {})
+    optimizer = optimizer or run_hp.get("optimizer_type", "Adam")
+    training = _trial_training(settings, training or TrainSettings(), model_name, run_hp)
+    crops = isinstance(augment, AugmentSettings) and augment.augmentation != "none" and augment.pipeline == "modern"
+    declared = search_space(
+        settings.adam_only,
+        REPORT_SPACE if settings.ranges == "report" else None,
+        optimizer=optimizer,
+        schedule=training.schedule,
+        two_phase=training.two_phase,
+        label_smoothing=training.label_smoothing > 0,
+        crop=crops,
+    )
+    space, widened = widen(declared, _default_values(declared, run_hp, training, augment, optimizer))
+    for name, (old, new) in widened.items():
+        log.info("%s: %s widened from %s to %s to hold the default", model_name, name, old, new)
+    defaults = _default_values(space, run_hp, training, augment, optimizer)
+    base = {k: v for k, v in run_hp.items() if k not in space}
     split = _training_split(train)
     source = subsample_split(split, settings.subsample, seed) if settings.subsample is not None else split
     train_view, val_view = validation_split(source, settings.validation_fraction, seed, image_size=settings.input_size)
     store = store or Store.at()
     ctx = SearchContext(
         settings=settings,
-        training=_trial_training(settings, training),
+        training=training,
         model_name=model_name,
         builder=builder,
         space=space,
         base_hyperparams=base,
+        defaults=defaults,
         train_view=train_view,
         val_view=val_view,
         num_classes=int(split.num_classes),
@@ -203,27 +228,67 @@ def prepare(
         store=store,
         deps=list(deps),
         data=_describe_data(split),
+        widened=widened,
     )
     ctx.key = store.cache.key(f"search-{settings.backend}", ctx.identity, deps)
     return ctx
 
 
-def _trial_training(settings: SearchSettings, training: TrainSettings) -> TrainSettings:
-    """How every trial trains: the run's settings with the search's epochs and an EarlyStopping on the
-    objective; no LR scheduler and no checkpoint during the search."""
+def _default_values(space: dict, hyperparams: dict, training: TrainSettings, augment, optimizer: str) -> dict:
+    """Each searched name's value in the run: its hyperparameters, training or augmentation settings."""
+    defaults = Hyperparams().as_dict()
+    out = {}
+    for name in space:
+        if name in hyperparams:
+            value = hyperparams[name]
+        elif hasattr(training, name):
+            value = getattr(training, name)
+        elif isinstance(augment, AugmentSettings) and hasattr(augment, name):
+            value = getattr(augment, name)
+        else:
+            value = defaults.get(name)
+        if name == "weight_decay" and not value:
+            from carclf.train.optimizers import ADAMW_WEIGHT_DECAY
+
+            value = ADAMW_WEIGHT_DECAY if optimizer == "AdamW" else 0.0  # what the optimizer then applies
+        if name == "optimizer_type":
+            value = optimizer
+        out[name] = value
+    return out
+
+
+def _trial_training(settings: SearchSettings, training: TrainSettings, model_name, hyperparams) -> TrainSettings:
+    """How every trial trains: the run's settings (its recipe: phases, schedule, smoothing, EMA) with the
+    search's epochs and an EarlyStopping on the objective; no LR scheduler and no checkpoint during the
+    search. Two phases only where the final run has them (a pretrained base), the head's at most
+    ``epochs - 1``."""
     mode = "min" if direction(settings.objective) == "minimize" else "max"
     early = EarlyStoppingSettings(
         monitor=settings.objective, mode=mode, patience=settings.patience, restore_best_weights=False
     )
+    two_phase = training.two_phase and settings.epochs >= 2 and _pretrained(model_name, hyperparams)
+    head = training.head_epochs
+    if two_phase and head is not None:
+        head = min(head, settings.epochs - 1)
     return replace(
         training,
         epochs=settings.epochs,
-        two_phase=False,
+        two_phase=two_phase,
+        head_epochs=head,
         tensorboard=False,
         plot=False,
         evaluate=False,
         callbacks=CallbackSettings(early_stopping=early, reduce_lr=None, checkpoint=None),
     )
+
+
+def _pretrained(model_name, hyperparams) -> bool:
+    """Whether the run starts from pretrained weights it can keep (so trains in two phases)."""
+    from carclf.models import NAMES, model_spec
+
+    if hyperparams.get("weights") is None or model_name not in NAMES:
+        return False
+    return model_spec(model_name).base is not None
 
 
 def _outcome(state, value=None, best_epoch=None, result=None, history=None, error=None, wall_min=None) -> dict:
@@ -249,20 +314,23 @@ def run_trial(ctx: SearchContext, params: dict, work_dir: Path, extra_callbacks=
     """
     import carclf.train  # run_model_pipeline is looked up when called (the tests replace it)
 
-    batch_size = ctx.training.batch_size
-    train_gen = ImageBatches(ctx.train_view, batch_size, shuffle=True, seed=ctx.seed, augment=ctx.augment)
+    hyper, train_changes, augment_changes = split_params(params)
+    training = replace(ctx.training, **train_changes)
+    batch_size = training.batch_size
+    augment = trial_augment(ctx, augment_changes)
+    train_gen = ImageBatches(ctx.train_view, batch_size, shuffle=True, seed=ctx.seed, augment=augment)
     val_gen = ImageBatches(ctx.val_view, batch_size, shuffle=False, seed=ctx.seed)
     started = time.perf_counter()
     try:
         result = carclf.train.run_model_pipeline(
             ctx.builder,
             ctx.model_name,
-            {**ctx.base_hyperparams, **params},
+            {**ctx.base_hyperparams, **hyper},
             ctx.input_shape,
             ctx.num_classes,
             train_gen,
             val_gen,
-            settings=ctx.training,
+            settings=training,
             store=Store.at(work_dir),
             seed=ctx.seed,
             extra_callbacks=list(extra_callbacks),
@@ -284,6 +352,38 @@ def run_trial(ctx: SearchContext, params: dict, work_dir: Path, extra_callbacks=
         k: [float(v) for v in result.history[k]] for k in ("loss", "val_loss", ctx.objective) if k in result.history
     }
     return _outcome("complete", float(series[best]), best + 1, result, keep)
+
+
+def log_projection(ctx: SearchContext, first: dict, remaining: int) -> None:
+    """After trial one: what the rest of the search will take at most (every trial to its last epoch)."""
+    if not first.get("wall_min") or remaining <= 0:
+        return
+    per_epoch = first["wall_min"] / max(1, first.get("epochs_run") or ctx.settings.epochs)
+    most = per_epoch * ctx.settings.epochs * remaining
+    pruned = "" if ctx.backend == "skopt" or not ctx.settings.optuna.pruner else ", less as the pruner stops trials"
+    log.info(
+        "%s: trial 1 took %.1f min (%.2f min an epoch); the other %d trials: at most %.0f min%s",
+        ctx.model_name,
+        first["wall_min"],
+        per_epoch,
+        remaining,
+        most,
+        pruned,
+    )
+
+
+def trial_augment(ctx: SearchContext, changes: dict):
+    """A trial's augmentation hook: the one given, or the final runs' online augmentation with the trial's
+    strength. Offline augmentation (the report's copies) is made online here, with the same transforms and
+    probabilities: the search's split is of the originals."""
+    if not isinstance(ctx.augment, AugmentSettings):
+        return ctx.augment
+    settings = replace(ctx.augment, **changes)
+    if settings.augmentation == "none":
+        return None
+    from carclf.augment import OnlineAugment, pipeline_for
+
+    return OnlineAugment(pipeline_for(settings.pipeline, ctx.train_view.image_size, settings.crop_scale))
 
 
 def _free_memory():

@@ -1,4 +1,4 @@
-"""Optuna's search: TPE with a median pruner, resumable, and shared by parallel workers (docs/search.md)."""
+"""Optuna's search: TPE with a Hyperband pruner, resumable, and shared by parallel workers (docs/search.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from carclf.cache import config_hash, json_safe
-from carclf.search.objective import SearchContext, folder_lock, prepare, run_trial, timed
+from carclf.search.objective import SearchContext, folder_lock, log_projection, prepare, run_trial, timed
 from carclf.search.result import Incomplete, SearchResult, finish, make_result
 from carclf.search.space import applied, applies, constants, in_space, is_choices
 from carclf.settings import SearchSettings
@@ -32,7 +32,7 @@ SQLITE_TIMEOUT = 60
 
 
 def run_optuna_search(model, train, settings: SearchSettings | None = None, *, enqueue=(), **context) -> SearchResult:
-    """Optuna search (TPE, median pruning) on the training set; resumable, and parallel across processes.
+    """Optuna search (TPE, Hyperband pruning by default) on the training set; resumable, and parallel across processes.
 
     Run it in one process, or start it in several (on one machine with the default SQLite study, or on
     several with a PostgreSQL ``settings.optuna.storage``) with the same arguments: together they finish
@@ -60,7 +60,10 @@ def run_optuna_search(model, train, settings: SearchSettings | None = None, *, e
 
     def compute() -> SearchResult:
         sampler = _seeded_tpe_class()(ctx.seed, n_startup_trials=opt.tpe_startup_trials)
-        study, rdb = _open_study(ctx, study_name, sampler, _pruner(opt), list(enqueue))
+        # Trial one is the run's own values, so the search's best is never worse than the default's.
+        study, rdb = _open_study(
+            ctx, study_name, sampler, _pruner(opt, settings.epochs), [applied(ctx.defaults, ctx.space), *enqueue]
+        )
         try:
             with timed(ctx):
                 finished = _optuna_worker(ctx, study, settings.n_trials)
@@ -76,13 +79,20 @@ def run_optuna_search(model, train, settings: SearchSettings | None = None, *, e
     return finish(ctx, config, compute)
 
 
-def _pruner(opt):
+def _pruner(opt, epochs: int):
+    """Optuna's pruner by name; its steps are epochs done (1, 2, ...), its resource the trial's epochs."""
     import optuna
 
     if not opt.pruner:
         return optuna.pruners.NopPruner()
+    if opt.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=epochs, reduction_factor=opt.reduction_factor
+        )
+    if opt.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=opt.reduction_factor)
     return optuna.pruners.MedianPruner(
-        n_startup_trials=opt.prune_startup_trials, n_warmup_steps=opt.prune_warmup_epochs
+        n_startup_trials=opt.prune_startup_trials, n_warmup_steps=opt.prune_warmup_epochs + 1
     )
 
 
@@ -186,7 +196,7 @@ def _pruning_callback(trial, monitor: str):
             if not math.isfinite(value):
                 return
             self.last_value = value
-            trial.report(value, step=int(epoch))
+            trial.report(value, step=int(epoch) + 1)
             if trial.should_prune():
                 self.pruned_at = int(epoch)
                 self.model.stop_training = True  # the pipeline stores its run; the trial is then pruned
@@ -332,9 +342,13 @@ def _optuna_worker(ctx: SearchContext, study, n_trials: int) -> bool:
         if out["state"] == "diverged":
             trial.set_user_attr("error", out["error"])
             raise optuna.TrialPruned(f"diverged: {out['error']}")
+        if trial.number == 0:
+            log_projection(ctx, out, n_trials - 1)
         if pruning.pruned_at is not None:
             trial.set_user_attr("pruned_at_epoch", pruning.pruned_at + 1)
+            _log_trial(ctx, study, trial.number, f"pruned after epoch {pruning.pruned_at + 1}")
             raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at + 1}")
+        _log_trial(ctx, study, trial.number, f"{ctx.objective} {out['value']:.4g}", out["value"])
         return out["value"]
 
     def cleanup(study_, frozen):
@@ -362,6 +376,16 @@ def _optuna_worker(ctx: SearchContext, study, n_trials: int) -> bool:
         study.optimize(
             objective, n_trials=1, catch=(_Surplus,), callbacks=[cleanup], gc_after_trial=False, show_progress_bar=False
         )
+
+
+def _log_trial(ctx: SearchContext, study, number: int, what: str, value=None) -> None:
+    from optuna.trial import TrialState
+
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values += [] if value is None else [value]
+    pick = min if ctx.direction == "minimize" else max
+    best = f"{pick(values):.4g}" if values else "none"
+    log.info("%s: trial %d%s %s, best so far %s", ctx.model_name, number, " (the defaults)" * (number == 0), what, best)
 
 
 def _sweep_work(ctx: SearchContext, study, work: Path) -> None:

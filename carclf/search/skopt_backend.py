@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from carclf.cache import atomic_pickle, atomic_write, json_safe, load_pickle, native
-from carclf.search.objective import SearchContext, folder_lock, prepare, run_trial, timed
+from carclf.search.objective import SearchContext, folder_lock, log_projection, prepare, run_trial, timed
 from carclf.search.result import SearchResult, finish, make_result
 from carclf.search.space import applied, is_choices
 from carclf.settings import SearchSettings
@@ -80,6 +80,7 @@ def _skopt_row(record: dict) -> dict:
     for name in ("best_epoch", "epochs_run", "wall_min", "cpu_min", "error", "resumed_from_epoch"):
         row[name] = record.get(name)
     row["skopt_loss"] = record["loss"]
+    row["defaults"] = bool(record.get("defaults"))
     return row
 
 
@@ -129,6 +130,9 @@ def _restore_optimizer(ctx: SearchContext, folder: Path, records: list[dict]):
     # Replay ask/tell in the original order: the optimizer's random state advances exactly as it did.
     optimizer = _new_optimizer(ctx)
     for record in records:
+        if record.get("defaults"):  # trial one was told, not asked
+            optimizer.tell(record["x"], record["loss"])
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             asked = [native(v) for v in optimizer.ask()]
@@ -162,9 +166,13 @@ def _skopt_trials(ctx: SearchContext, n_calls: int, callback) -> list[dict]:
         optimizer = _restore_optimizer(ctx, folder, records)
         names = [dim.name for dim in optimizer.space.dimensions]
         for number in range(len(records), n_calls):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "evaluated at this point before"
-                x = [native(v) for v in optimizer.ask()]
+            first = number == 0
+            if first:  # the run's own values: the search's best is never worse than the default's
+                x = [native(ctx.defaults[name]) for name in names]
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "evaluated at this point before"
+                    x = [native(v) for v in optimizer.ask()]
             params = applied(dict(zip(names, x)), ctx.space)
             log.info("%s: trial %d/%d %s", ctx.model_name, number + 1, n_calls, params)
             trial_dir = work / f"trial-{number:05d}"
@@ -174,7 +182,15 @@ def _skopt_trials(ctx: SearchContext, n_calls: int, callback) -> list[dict]:
             else:  # the worst seen so far: deterministic, and keeps the GP's scale
                 seen = [r["loss"] for r in records if r["state"] == "complete"]
                 loss = max(seen + [ctx.chance_loss()])
-            record = {"search_key": ctx.key, "number": number, "x": x, "params": params, "loss": float(loss), **out}
+            record = {
+                "search_key": ctx.key,
+                "number": number,
+                "x": x,
+                "params": params,
+                "loss": float(loss),
+                "defaults": first,
+                **out,
+            }
             atomic_pickle(trials_dir / f"{number:05d}.pkl", record)  # the trial is done from here on
             optimizer.tell(x, float(loss))
             atomic_pickle(
@@ -183,13 +199,19 @@ def _skopt_trials(ctx: SearchContext, n_calls: int, callback) -> list[dict]:
             if not ctx.settings.keep_trials:
                 shutil.rmtree(trial_dir, ignore_errors=True)
             records.append(record)
+            done = [r["loss"] for r in records if r["state"] == "complete"]
+            best = (min(done) if ctx.direction == "minimize" else -min(done)) if done else None
             log.info(
-                "%s: trial %d %s %s",
+                "%s: trial %d%s %s %s, best so far %s",
                 ctx.model_name,
                 number,
+                " (the defaults)" if first else "",
                 ctx.objective,
                 "diverged" if out["value"] is None else f"{out['value']:.4g}",
+                "none" if best is None else f"{best:.4g}",
             )
+            if first:
+                log_projection(ctx, out, n_calls - 1)
             if callback is not None:
                 callback(record)
         return records

@@ -1,4 +1,4 @@
-"""The report's search space (step 10), declared once; both backends are built from it."""
+"""The search space of the report's step 10, declared once; both backends are built from it."""
 
 from __future__ import annotations
 
@@ -8,26 +8,31 @@ from typing import Any
 from carclf.cache import native
 
 __all__ = [
+    "AUGMENT_KNOBS",
     "OPTIMIZER_PARAMS",
+    "REPORT_SPACE",
     "SEARCH_SPACE",
+    "TRAIN_KNOBS",
     "applied",
     "applies",
     "constants",
     "in_space",
     "is_choices",
     "search_space",
+    "split_params",
+    "widen",
 ]
 
 
-#: The report's "Hyper-parameter Search", one entry per hyperparameter:
-#: ``(low, high, prior)`` with prior ``"uniform"`` or ``"log-uniform"`` (two
-#: ints and ``"uniform"``: an integer range), or a list of choices. Ranges
-#: follow the report's typical values: learning rate 1e-3 to 1e-6, weight
-#: decay 1e-4 to 1e-6, dropout 0.1 to 0.5, beta_1 and beta_2 around 0.9 and
-#: 0.999, decay "a small value like 1e-6", momentum and rho around 0.9.
+#: The search space, one entry per hyperparameter: ``(low, high, prior)`` with prior ``"uniform"`` or
+#: ``"log-uniform"`` (two ints and ``"uniform"``: an integer range), or a list of choices. The report's
+#: ranges (:data:`REPORT_SPACE`), except weight decay: Keras's decay is decoupled, ``lr * weight_decay``
+#: of each weight per step, so the report's 1e-6 to 1e-4 moved the weights by about 1e-8 a step. From 1e-3
+#: to 0.5 it shrinks them by 0.01% to 50% over a thousand steps at 1e-3 (docs/search.md). The last four
+#: are the modern recipe's knobs; :func:`search_space` keeps only what the run's settings read.
 SEARCH_SPACE: dict[str, Any] = {
     "learning_rate": (1e-6, 1e-3, "log-uniform"),
-    "weight_decay": (1e-6, 1e-4, "log-uniform"),
+    "weight_decay": (1e-3, 0.5, "log-uniform"),
     "dropout": (0.1, 0.5, "uniform"),
     "beta_1": (0.85, 0.95, "uniform"),
     "beta_2": (0.99, 0.9999, "uniform"),
@@ -35,6 +40,22 @@ SEARCH_SPACE: dict[str, Any] = {
     "momentum": (0.8, 0.99, "uniform"),
     "rho": (0.8, 0.99, "uniform"),
     "optimizer_type": ["Adam", "SGD", "RMSprop", "Adagrad"],
+    "label_smoothing": (0.0, 0.3, "uniform"),
+    "warmup": (0.0, 0.3, "uniform"),
+    "finetune_lr_scale": (0.01, 1.0, "log-uniform"),
+    "crop_scale": (0.08, 1.0, "uniform"),
+}
+
+#: The report's "Hyper-parameter Search" as it wrote it (``search.ranges="report"``): learning rate 1e-3
+#: to 1e-6, weight decay 1e-4 to 1e-6, dropout 0.1 to 0.5, beta_1 and beta_2 around 0.9 and 0.999, decay
+#: "a small value like 1e-6", momentum and rho around 0.9.
+REPORT_SPACE: dict[str, Any] = {
+    **{
+        k: v
+        for k, v in SEARCH_SPACE.items()
+        if k not in ("label_smoothing", "warmup", "finetune_lr_scale", "crop_scale")
+    },
+    "weight_decay": (1e-6, 1e-4, "log-uniform"),
 }
 
 #: Hyperparameters that only one optimizer reads (the report: beta_1/beta_2
@@ -46,6 +67,11 @@ OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {
     "momentum": ("SGD",),
     "rho": ("RMSprop",),
 }
+
+#: Searched values that are training settings (:class:`carclf.settings.TrainSettings`) or augmentation
+#: settings (:class:`carclf.settings.AugmentSettings`), not hyperparameters of the model's dict.
+TRAIN_KNOBS = ("label_smoothing", "warmup", "finetune_lr_scale")
+AUGMENT_KNOBS = ("crop_scale",)
 
 
 _PRIORS = ("uniform", "log-uniform")
@@ -85,19 +111,33 @@ def check_space(space: Mapping) -> dict:
 
 
 def search_space(
-    adam_only: bool = True, space: Mapping | None = None, *, optimizer: str = "Adam", schedule: str = "report"
+    adam_only: bool = True,
+    space: Mapping | None = None,
+    *,
+    optimizer: str = "Adam",
+    schedule: str = "report",
+    two_phase: bool = False,
+    label_smoothing: bool = False,
+    crop: bool = False,
 ) -> dict:
-    """The search space: :data:`SEARCH_SPACE` (or ``space``), checked.
+    """The search space: :data:`SEARCH_SPACE` (or ``space``), checked, less what the run cannot read.
 
     ``adam_only=True`` (the report's final choice) restricts ``optimizer_type`` to Adam (AdamW when the
     run's ``optimizer`` is AdamW, as under the modern recipe) and drops the hyperparameters only other
-    optimizers read (momentum, rho). Under the run's ``schedule="warmup_cosine"`` the report's ``decay``
-    cannot act (the schedule sets the rate every step) and is left out. A single choice is a constant, not
-    a searched dimension.
+    optimizers read (momentum, rho). The legacy ``decay`` acts under the report's ``schedule`` only (a
+    warmup and cosine schedule sets the rate every step), ``warmup`` under that schedule only; the
+    fine-tuning rate's share (``finetune_lr_scale``) with ``two_phase``; ``label_smoothing`` where the run
+    smooths; ``crop_scale`` where it crops (the modern augmentation). A single choice is a constant.
     """
     space = check_space(SEARCH_SPACE if space is None else space)
-    if schedule == "warmup_cosine":
-        space = {name: spec for name, spec in space.items() if name != "decay"}
+    reads = {
+        "decay": schedule == "report",
+        "warmup": schedule == "warmup_cosine",
+        "finetune_lr_scale": two_phase,
+        "label_smoothing": label_smoothing,
+        "crop_scale": crop,
+    }
+    space = {name: spec for name, spec in space.items() if reads.get(name, True)}
     if adam_only:
         if "optimizer_type" in space and "Adam" not in space["optimizer_type"]:
             raise ValueError(
@@ -106,8 +146,42 @@ def search_space(
         adam = "AdamW" if optimizer == "AdamW" else "Adam"
         space = {name: spec for name, spec in space.items() if applies(name, adam)}
         space["optimizer_type"] = [adam]
-        check_space(space)
-    return space
+    return check_space(space)
+
+
+def widen(space: dict, defaults: Mapping) -> tuple[dict, dict]:
+    """``space`` widened to hold ``defaults`` (so the defaults can be trial one), and what was widened.
+
+    A range is stretched to the default; a log-uniform range whose default is 0 (weight decay off) becomes
+    uniform from 0; a choice list gains the default. Returns ``(space, {name: (old, new)})``.
+    """
+    out, changed = {}, {}
+    for name, spec in space.items():
+        value = defaults.get(name)
+        new = spec
+        if value is None:
+            pass
+        elif is_choices(spec):
+            if value not in spec:
+                new = [*spec, value]
+        else:
+            low, high, prior = spec
+            if prior == "log-uniform" and value <= 0:
+                new = (0.0, float(max(high, value)), "uniform")
+            elif not low <= value <= high:
+                new = (min(low, value), max(high, value), prior)
+        out[name] = new
+        if new != spec:
+            changed[name] = (spec, new)
+    return out, changed
+
+
+def split_params(params: Mapping) -> tuple[dict, dict, dict]:
+    """A trial's values as ``(hyperparams, train settings, augment settings)`` changes."""
+    train = {k: v for k, v in params.items() if k in TRAIN_KNOBS}
+    augment = {k: v for k, v in params.items() if k in AUGMENT_KNOBS}
+    hyper = {k: v for k, v in params.items() if k not in train and k not in augment}
+    return hyper, train, augment
 
 
 def applies(name: str, optimizer_type: str | None) -> bool:

@@ -75,6 +75,9 @@ class AugmentSettings(Settings):
     n_variants: int = setting(1, positive_int)
     # report: the report's seven transforms; modern: a random resized crop first, then the same seven
     pipeline: str = setting("report", one_of("report", "modern"))
+    # The modern pipeline's random resized crop keeps between this share of the image and all of it: the
+    # augmentation's strength (lower is stronger; fastai's 0.35, timm's 0.08).
+    crop_scale: float = setting(0.35, number_in(0.0, 1.0, low_open=True))
     cutmix: Any = setting(False, alpha_switch)
     mixup: Any = setting(False, alpha_switch)
     # Who augments: this many workers (None: every usable core), threads or processes (None: spawned
@@ -235,9 +238,12 @@ class OptunaSettings(Settings):
 
     storage: str | None = setting(None, optional(text), key=False)
     study_name: str | None = setting(None, optional(text), key=False)
-    pruner: str | None = setting("median", one_of("median", None))
-    prune_startup_trials: int = setting(5, non_negative_int)
-    prune_warmup_epochs: int = setting(1, non_negative_int)
+    # hyperband and successive_halving share the epochs out over the trials (rungs of 1, 3, 9... epochs);
+    # median stops a trial worse than the median of earlier trials at the same epoch
+    pruner: str | None = setting("hyperband", one_of("hyperband", "successive_halving", "median", None))
+    reduction_factor: int = setting(3, int_at_least(2))
+    prune_startup_trials: int = setting(5, non_negative_int)  # median only
+    prune_warmup_epochs: int = setting(1, non_negative_int)  # median only: epochs never pruned
     tpe_startup_trials: int = setting(10, non_negative_int)
     heartbeat_interval: int = setting(60, positive_int, key=False)
     grace_period: int | None = setting(None, optional(positive_int), key=False)
@@ -262,12 +268,19 @@ class SearchSettings(Settings):
     """The report's step 10 on a validation split of the training set; one group per backend."""
 
     backend: str = setting("skopt", one_of("skopt", "optuna"))
+    # per_model: each model is searched for itself (the report's advice, its section 11); False: the
+    # report's practice, ``model`` is searched and its result reused for every model.
+    per_model: bool = setting(True, boolean, key=False)
+    # The models searched (None: every model of the profile); ``model`` is the one searched without per_model.
+    models: tuple | None = setting(None, optional(model_names), key=False)
     model: str = setting("resnet50", model_name)
     n_trials: int = setting(20, positive_int)
     epochs: int = setting(5, positive_int)
     patience: int = setting(2, positive_int)
-    objective: str = setting("val_loss", _objective)
+    objective: str = setting("val_accuracy", _objective)
     adam_only: bool = setting(True, boolean)
+    # acting: weight decay over a range where it changes the weights (space.py); report: the report's ranges
+    ranges: str = setting("acting", one_of("acting", "report"))
     validation_fraction: float = setting(0.2, number_in(0.0, 0.5, low_open=True))
     subsample: Any = setting(None, optional(_subsample))
     input_size: tuple | None = setting(None, optional(size_pair))

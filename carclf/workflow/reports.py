@@ -70,15 +70,19 @@ def plot_augmentations(ws, rows=range(4)):
     return grid
 
 
-def plot_search(ws, result=None):
-    """The search's convergence and hyperparameter importance (``reports/search_*.png``)."""
+def plot_search(ws, results=None):
+    """Each searched model's convergence and hyperparameter importance, one panel per model
+    (``reports/search_*.png``). ``results``: ``{model: SearchResult}`` or one result (default: the searches)."""
     from carclf import report
+    from carclf.search import SearchResult
 
-    result = result or stored(ws, "search", search_hyperparameters)
+    results = results or search_hyperparameters(ws)
+    if isinstance(results, SearchResult):
+        results = {results.model_name: results}
     caption = report.protocol_text(ws.settings, search=True)
     return (
-        report.plot_convergence(result, out_path=report_path(ws, "search_convergence"), caption=caption),
-        report.plot_importance(result, out_path=report_path(ws, "search_importance"), caption=caption),
+        report.plot_searches(results, out_path=report_path(ws, "search_convergence"), caption=caption),
+        report.plot_search_importances(results, out_path=report_path(ws, "search_importance"), caption=caption),
     )
 
 
@@ -156,8 +160,10 @@ def write_report(ws):
     ws.remember("comparison", table)
     plot_histories(ws, table)
     plot_comparison(ws, table)
-    if ws.recall("search") is not None:
-        plot_search(ws)
+    searched = {name: ws.recall(f"search-{name}") for name in ws.settings.models}
+    searched = {name: result for name, result in searched.items() if result is not None}
+    if searched:
+        plot_search(ws, searched)
     if not ws.timer.table().empty:
         plot_timings(ws)
     return table

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 from pathlib import Path
 
 from carclf.cache import NotComputedError
-from carclf.settings import LABELS
+from carclf.settings import LABELS, SettingsError
 from carclf.workflow.stages import (
     _check_labels,
     generators,
     load_dataset,
-    search_hyperparameters,
     stored,
     train_model,
     train_models,
@@ -61,13 +59,9 @@ def trained_runs(ws, names=None, labels=LABELS):
     labels = _check_labels(labels)
     rows, missing, chosen = [], [], []
     with ws.cache.only_cached(*EXPENSIVE_STAGES):
-        optimal = None
-        if "optimal" in labels:
-            with contextlib.suppress(NotComputedError):  # no search yet: only stored optimal runs can be found
-                optimal = stored(ws, "search", search_hyperparameters)
         for name in names or ws.settings.models:
             for label in labels:
-                row, note = _find_run(ws, name, label, optimal)
+                row, note = _find_run(ws, name, label)
                 if row is None:
                     missing.append((name, label))
                     continue
@@ -80,20 +74,21 @@ def trained_runs(ws, names=None, labels=LABELS):
     return table
 
 
-def _find_run(ws, name, label, optimal):
-    """``(one-row frame or None, note)``: the run of the current settings when it is stored, else the latest
-    stored run of ``name`` / ``label`` (:func:`carclf.workflow.runs.stored_run`)."""
+def _find_run(ws, name, label):
+    """``(one-row frame or None, note)``: the run of the current settings when it is stored (an optimal run
+    needs its search stored too), else the latest stored run of ``name`` / ``label``
+    (:func:`carclf.workflow.runs.stored_run`)."""
     import pandas as pd
 
     from carclf.workflow.runs import stored_run
 
-    if label != "optimal" or optimal is not None:
-        try:
-            frame = train_model(ws, name, (label,), optimal)
-        except NotComputedError:
-            pass
-        else:
-            return frame, stored_run(ws, name, label, exact_key=frame["train_key"].iloc[0])[1]
+    unsearched = SettingsError if label == "optimal" else ()  # a model its profile does not search
+    try:
+        frame = train_model(ws, name, (label,))
+    except (NotComputedError, unsearched):
+        pass
+    else:
+        return frame, stored_run(ws, name, label, exact_key=frame["train_key"].iloc[0])[1]
     row, note = stored_run(ws, name, label)
     return (None, None) if row is None else (pd.DataFrame([row]), note)
 

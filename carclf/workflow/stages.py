@@ -10,6 +10,7 @@ from pathlib import Path
 
 from carclf.cache import config_hash
 from carclf.settings import LABELS, SettingsError
+from carclf.settings.checks import model_name
 
 log = logging.getLogger("carclf.workflow")
 
@@ -25,6 +26,9 @@ __all__ = [
     "note_runs",
     "result_row",
     "search_hyperparameters",
+    "search_model",
+    "search_summary",
+    "searched_models",
     "stored",
     "train_model",
     "train_models",
@@ -182,29 +186,99 @@ def model_hyperparams(ws, name) -> dict:
     return ws.settings.hyperparams_for(name).as_dict()
 
 
-def search_hyperparameters(ws):
-    """The report's step 10: the hyperparameter search, on the training set only (cached, resumable)."""
+def searched_models(ws) -> tuple:
+    """The models the profile searches: each for itself (``search.per_model``, of ``search.models`` or
+    every model), or only ``search.model``, whose result every model reuses (the report's practice)."""
+    settings = ws.settings.search
+    if not settings.per_model:
+        return (settings.model,)
+    return tuple(settings.models or ws.settings.models)
+
+
+def search_model(ws, name):
+    """The search whose result model ``name``'s optimal run uses: its own, or without ``search.per_model``
+    the reused one of ``search.model`` (cached, resumable; on the training set only)."""
     from carclf import search
 
     settings = ws.settings.search
+    if not settings.per_model:
+        name = settings.model
+    elif name not in searched_models(ws):
+        raise SettingsError(
+            f"model {name!r} is not searched in profile {ws.profile!r} (search.models: "
+            f"{', '.join(searched_models(ws))}): add it to search.models, or train its default run only"
+        )
+    remembered = ws.recall(f"search-{name}")
+    if remembered is not None:
+        return remembered
     decoded = stored(ws, "decoded", decode_images)
-    own = model_hyperparams(ws, settings.model)
-    searched = search.search_space(
-        settings.adam_only, optimizer=own["optimizer_type"], schedule=ws.settings.train.schedule
-    )
-    fixed = {k: v for k, v in own.items() if k not in searched}
-    with ws.timed("hyperparameter search"):
+    with ws.timed(f"hyperparameter search {name}"):
         result = search.run_search(
-            settings.model,
+            name,
             decoded["train"],
             settings,
-            hyperparams=fixed,
+            hyperparams=model_hyperparams(ws, name),
             training=ws.settings.train,
+            augment=ws.settings.augment,
             seed=ws.settings.seed,
             store=ws.store,
-            optimizer=own["optimizer_type"],
         )
-    return ws.remember("search", result)
+    return ws.remember(f"search-{name}", result)
+
+
+def search_hyperparameters(ws, models=None):
+    """The report's step 10: the hyperparameter search of each searched model (``models``: some of them),
+    on the training set only (cached, resumable). Returns ``{model: SearchResult}``."""
+    from tqdm.auto import tqdm
+
+    names = searched_models(ws) if models is None else ((models,) if isinstance(models, str) else tuple(models))
+    for name in names:
+        try:
+            model_name(name)
+        except ValueError as exc:
+            raise SettingsError(f"search model {name!r} {exc}") from None
+    unknown = [name for name in names if name not in searched_models(ws)]
+    if unknown:
+        raise SettingsError(
+            f"models {unknown} are not searched in profile {ws.profile!r}; searched: {', '.join(searched_models(ws))}"
+        )
+    shown = tqdm(names, desc="searches", unit="model", disable=len(names) < 2)
+    results = {name: search_model(ws, name) for name in shown}
+    if models is None:
+        ws.remember("search", results)
+    return results
+
+
+def search_summary(results):
+    """One row per searched model: its objective with the defaults (trial one) and at its best trial."""
+    import pandas as pd
+
+    rows = []
+    for name, result in results.items():
+        trials = result.trials
+        first = trials.loc[trials["trial"] == trials["trial"].min(), "value"]
+        rows.append(
+            {
+                "model": name,
+                "objective": result.objective,
+                "defaults": None if first.empty else first.iloc[0],
+                "best": result.best_value,
+                "best_trial": result.best_trial,
+                "trials": len(trials),
+                "pruned": int((trials["state"] == "pruned").sum()),
+                **{f"best {k}": v for k, v in result.best_params.items() if k != "optimizer_type"},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _split_knobs(params) -> tuple[dict, dict]:
+    """Searched values as ``(hyperparameters, {dotted setting: value})`` for the training and augmentation
+    settings among them."""
+    from carclf.search.space import split_params
+
+    hyper, train, augment = split_params(params)
+    return hyper, {**{f"train.{k}": v for k, v in train.items()}, **{f"augment.{k}": v for k, v in augment.items()}}
 
 
 def _check_labels(labels):
@@ -366,7 +440,15 @@ def train_model(ws, name, labels=LABELS, optimal=None):
     check_name(name)
     labels = _check_labels(labels)
     if "optimal" in labels:
-        optimal = optimal or stored(ws, "search", search_hyperparameters)
+        optimal = _optimal_for(name, optimal if optimal is not None else search_model(ws, name))
+        hyper, knobs = _split_knobs(optimal)
+        if knobs:  # searched training or augmentation settings: the optimal run trains under them
+            import pandas as pd
+
+            rest = tuple(label for label in labels if label != "optimal")
+            tables = [train_model(ws, name, rest)] if rest else []
+            tables.append(train_model(ws.derived(**knobs), name, ("optimal",), hyper))
+            return pd.concat(tables, ignore_index=True)
     gens = generators(ws)
     refit = generators(ws, validation=False).train if ws.settings.evaluation.refit else None
     table = compare_default_optimal(
@@ -400,7 +482,6 @@ def train_models(ws, optimal=None):
     from carclf.workflow.reports import save_table
     from carclf.workflow.results import with_uncertainty
 
-    optimal = optimal or stored(ws, "search", search_hyperparameters)
     models = tqdm(ws.settings.models, desc="models", unit="model")
     table = pd.concat([train_model(ws, name, optimal=optimal) for name in models], ignore_index=True)
     table = with_uncertainty(ws, table)

@@ -66,6 +66,11 @@ class Workspace:
         self.settings = self.settings.override(**overrides)
         return self
 
+    def derived(self, **overrides) -> Workspace:
+        """A workspace with ``overrides`` on this one's settings, sharing its store and this session's memo
+        (the optimal run of a search that tuned training settings trains under them)."""
+        return Workspace(self.settings.override(**overrides), self.store, self._memo)
+
     def recall(self, name: str) -> Any:
         """What stage ``name`` returned in this session under the current settings, or None."""
         settings, value = self._memo.get(name, (None, None))
