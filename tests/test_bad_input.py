@@ -105,6 +105,22 @@ def test_numbers_out_of_range_are_one_line_naming_the_argument(tmp_path, args, s
     assert not (tmp_path / "models").exists()  # refused before anything ran
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["search", "--model", "resnet5"], "search model 'resnet5' must be one of model1, "),
+        (["search", "--model", "resnet5"], "(did you mean 'resnet50'?)"),
+        (["search", "--model", "vgg16"], "models ['vgg16'] are not searched in profile 'demo' (searched: model1)"),
+        (["search", "--model", "vgg16"], "set search.models to search them (with search.per_model=True)"),
+    ],
+)
+def test_a_search_of_a_model_the_profile_does_not_search_is_one_line(tmp_path, args, says):
+    ran = run_cli(tmp_path, *args)
+    assert ran.returncode == 2, ran.stderr
+    assert says in ran.error_line()
+    assert not list(tmp_path.glob("pickles/*search*")) and not list(tmp_path.glob("data/*"))  # refused first
+
+
 def test_the_minimum_sizes_the_parser_knows_are_the_registry_s():
     from carclf import models
     from carclf.settings import MIN_INPUT_SIZES

@@ -150,7 +150,8 @@ def test_search_prints_its_trials_and_the_best_hyperparameters(stages):
     home, _, runs = stages
     search = runs["search"]
     assert search.returncode == 0, search.stderr
-    assert "best val_loss" in search.stdout and "learning_rate" in search.stdout
+    assert "trial 0: the defaults" in search.stdout and "learning_rate" in search.stdout
+    assert "best of each search against its trial one" in search.stdout and "val_accuracy" in search.stdout
     assert (home / "reports" / "search_convergence.png").is_file()
     assert len(list((home / "pickles" / "search").glob("*.pkl"))) == 1
 

@@ -559,3 +559,41 @@ def test_compare_default_optimal(skopt_run, synthetic_cars32, tmp_path):
     plot_comparison(frame)
     again = compare_default_optimal(["model1"], {"model1": result}, train, test, **kwargs)
     assert again["loaded"].all() and list(again["train_key"]) == list(frame["train_key"])
+
+
+# --------------------------------------------------------------------------- #
+# A weight decay that acts
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.backend
+def test_the_space_s_weight_decay_changes_the_weights_the_report_s_does_not():
+    """One epoch (8 steps at 1e-3) of model1: the top of the space's weight decay moves the weights by more
+    than 0.1% of their norm against no decay; the top of the report's range by twenty times less (its
+    decay itself is 8e-7 of the weights; what is measured above that is Adam's response to it)."""
+    import keras
+
+    from carclf.models import model_spec
+    from carclf.train.optimizers import make_optimizer, optimizer_settings
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (64, 32, 32, 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, 10, 64), 10)
+
+    def trained(weight_decay):
+        keras.utils.set_random_seed(0)
+        model = model_spec("model1").builder((32, 32, 3), 10, {"dropout": 0.0, "spatial_dropout": 0.0})
+        hp = {"learning_rate": 1e-3, "weight_decay": weight_decay, "decay": 0.0}
+        optimizer, _ = make_optimizer(optimizer_settings(hp))
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy")
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return np.concatenate([np.ravel(w) for w in model.get_weights()])
+
+    plain = trained(0.0)
+
+    def moved(weight_decay):
+        return float(np.linalg.norm(trained(weight_decay) - plain) / np.linalg.norm(plain))
+
+    acting = moved(S.SEARCH_SPACE["weight_decay"][1])
+    assert acting > 1e-3
+    assert moved(S.REPORT_SPACE["weight_decay"][1]) < acting / 20

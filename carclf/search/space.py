@@ -101,7 +101,7 @@ def check_space(space: Mapping) -> dict:
         if isinstance(low, bool) or isinstance(high, bool) or not all(isinstance(v, (int, float)) for v in (low, high)):
             raise ValueError(f"search space entry {name!r}: bounds must be numbers, got {low!r}, {high!r}")
         if not low < high:
-            raise ValueError(f"search space entry {name!r}: low must be below high, got {low!r}, {high!r}")
+            raise ValueError(f"search space entry {name!r}: low must be below high, got {low!r}, {high!r}: swap them")
         if prior == "log-uniform" and low <= 0:
             raise ValueError(f"search space entry {name!r}: a log-uniform range needs low > 0, got {low!r}")
         out[name] = (low, high, prior)

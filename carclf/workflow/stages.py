@@ -240,7 +240,8 @@ def search_hyperparameters(ws, models=None):
     unknown = [name for name in names if name not in searched_models(ws)]
     if unknown:
         raise SettingsError(
-            f"models {unknown} are not searched in profile {ws.profile!r}; searched: {', '.join(searched_models(ws))}"
+            f"models {unknown} are not searched in profile {ws.profile!r} (searched: {', '.join(searched_models(ws))}):"
+            " set search.models to search them (with search.per_model=True)"
         )
     shown = tqdm(names, desc="searches", unit="model", disable=len(names) < 2)
     results = {name: search_model(ws, name) for name in shown}
