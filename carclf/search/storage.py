@@ -275,8 +275,9 @@ def lost_server(storage):
     except Exception as exc:
         if sqlite_file(url) is not None or url.startswith("sqlite:") or not _is_disconnect(exc):
             raise
+        log.debug("the database error behind the lost server", exc_info=exc)
         raise DatabaseLostError(
             f"search.optuna.storage {redact(url)!r}: the database server was lost mid-search "
             f"({_reason(_cause(exc))}) and this worker's running trial failed; when the server is back, run the "
             "same search again: it resumes from the database and retries the interrupted trial"
-        ) from exc
+        ) from None  # one line, not the driver's pages of chained tracebacks (logged at DEBUG level)
