@@ -501,6 +501,10 @@ def main(argv=None):
         print(f"carclf: {message}", file=sys.stderr)
         return USAGE_ERROR
     except Exception as exc:
+        storage = sys.modules.get("carclf.search.storage")  # loaded whenever its error can have been raised
+        if storage is not None and isinstance(exc, storage.DatabaseLostError):
+            print(f"carclf: {' '.join(str(exc).split())}", file=sys.stderr)  # not bad input: exit status 1
+            return 1
         if not _is_bad_input(exc):
             raise
         print(f"carclf: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message

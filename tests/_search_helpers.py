@@ -3,13 +3,20 @@
     python tests/_search_helpers.py skopt-kill    PICKLES DECODED_KEY HOME LOG
     python tests/_search_helpers.py optuna-worker PICKLES DECODED_KEY HOME N_TRIALS
     python tests/_search_helpers.py optuna-kill   PICKLES DECODED_KEY HOME N_TRIALS
+    python tests/_search_helpers.py optuna-lose   PICKLES DECODED_KEY HOME N_TRIALS
 
 ``skopt-kill`` runs :data:`SKOPT_KILL` and SIGKILLs itself in the third
 trial (index 2), at batch 1 of epoch 1 (so epoch 0's resume state is saved);
 every trial's hyperparameters are appended to LOG as a JSON line when it
 starts. ``optuna-worker`` runs :data:`OPTUNA_WORKERS` to N_TRIALS and prints
 a JSON summary. ``optuna-kill`` runs :data:`OPTUNA_KILL` and SIGKILLs itself
-in its first trial the same way.
+in its first trial the same way. ``optuna-lose`` runs :data:`OPTUNA_LOSE` and, at batch 1 of
+its first trial's first epoch, creates HOME/in-trial and waits for HOME/server-stopped (the test stops
+the database server in between), then trains on into the lost server.
+
+With ``$CARCLF_TEST_STORAGE`` set, the Optuna searches use that storage URL (tests/test_search_postgres.py);
+with ``$CARCLF_TEST_BARRIER`` = ``FOLDER:COUNT``, each Optuna worker waits, once Keras is imported, until
+COUNT workers have come that far (so parallel workers start their trials together).
 """
 
 import json
@@ -34,6 +41,9 @@ OPTUNA_WORKERS = {"model": "model1", "epochs": 1, "heartbeat_interval": 1, "prun
 
 #: A worker killed mid-trial; the test's worker must retry that trial.
 OPTUNA_KILL = {"model": "model1", "epochs": 2, "heartbeat_interval": 1, "grace_period": 2, "pruner": None, "seed": 9}
+
+#: A worker whose database server is stopped mid-trial; the test's rerun must retry that trial.
+OPTUNA_LOSE = {"model": "model1", "epochs": 1, "heartbeat_interval": 1, "grace_period": 2, "pruner": None, "seed": 11}
 
 KILL_EPOCH, KILL_BATCH = 1, 1
 
@@ -104,8 +114,30 @@ def kill_callback(home):
     return kill_at(KILL_EPOCH, KILL_BATCH, home)
 
 
-def patch_pipeline(kill_at_call, log_path=None):
-    """Wrap carclf.train.run_model_pipeline: log each call, kill inside call number ``kill_at_call`` (1-based)."""
+def hold_callback(home):
+    """At batch 1 of epoch 0: create HOME/in-trial, wait (up to 5 min) for HOME/server-stopped."""
+    import time
+    from pathlib import Path
+
+    import keras
+
+    class HoldMidEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if self.epoch == 0 and b == 1:
+                (Path(home) / "in-trial").touch()
+                deadline = time.monotonic() + 300
+                while not (Path(home) / "server-stopped").exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+    return HoldMidEpoch()
+
+
+def patch_pipeline(kill_at_call, log_path=None, make_callback=kill_callback):
+    """Wrap carclf.train.run_model_pipeline: log each call, kill inside call number ``kill_at_call`` (1-based)
+    (or add another ``make_callback(home)`` there)."""
     import carclf.train as train
 
     original = train.run_model_pipeline
@@ -118,7 +150,7 @@ def patch_pipeline(kill_at_call, log_path=None):
                 handle.write(json.dumps(args[2]) + "\n")
                 handle.flush()
         if len(calls) == kill_at_call:
-            kwargs["extra_callbacks"] = [*kwargs.get("extra_callbacks", ()), kill_callback(kwargs["store"].paths.root)]
+            kwargs["extra_callbacks"] = [*kwargs.get("extra_callbacks", ()), make_callback(kwargs["store"].paths.root)]
         return original(*args, **kwargs)
 
     train.run_model_pipeline = wrapper
@@ -131,8 +163,28 @@ def skopt_kill(pickles, decoded_key, home, log_path):
     raise SystemExit("the search finished without being killed")
 
 
+def barrier():
+    """Wait until ``$CARCLF_TEST_BARRIER``'s COUNT workers reach this point (none set: return at once)."""
+    import time
+    from pathlib import Path
+
+    spec = os.environ.get("CARCLF_TEST_BARRIER")
+    if not spec:
+        return
+    folder, count = spec.rsplit(":", 1)
+    (Path(folder) / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + 300
+    while len(list(Path(folder).glob("ready-*"))) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def optuna_run(pickles, decoded_key, home, n_trials, settings):
+    import keras  # noqa: F401  (imported before the barrier: the workers' slowest start-up step)
+
     settings = dict(settings)
+    if os.environ.get("CARCLF_TEST_STORAGE"):
+        settings["storage"] = os.environ["CARCLF_TEST_STORAGE"]
+    barrier()
     return optuna(settings.pop("model"), open_data(pickles, decoded_key), int(n_trials), **settings, **where(home))
 
 
@@ -156,5 +208,9 @@ if __name__ == "__main__":
         patch_pipeline(1)
         optuna_run(*args[:4], OPTUNA_KILL)
         raise SystemExit("the search finished without being killed")
+    elif mode == "optuna-lose":
+        patch_pipeline(1, make_callback=lambda _trial_root: hold_callback(args[2]))  # HOME, not the trial's folder
+        optuna_run(*args[:4], OPTUNA_LOSE)
+        raise SystemExit("the search finished although its database server was stopped")
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from carclf.cache import config_hash, json_safe
-from carclf.search.objective import SearchContext, folder_lock, log_projection, prepare, run_trial, timed
+from carclf.search.objective import SearchContext, log_projection, prepare, run_trial, timed
 from carclf.search.result import Incomplete, SearchResult, finish, make_result
 from carclf.search.space import applied, applies, constants, in_space, is_choices
+from carclf.search.storage import lost_server, open_storage
+from carclf.search.storage import redact as _redact
 from carclf.settings import SearchSettings
 
 log = logging.getLogger("carclf.search")
@@ -26,9 +28,6 @@ log = logging.getLogger("carclf.search")
 __all__ = ["distributions", "run_optuna_search"]
 
 STAGE = "search-optuna"
-
-#: SQLite busy timeout (seconds): a writer waits this long for another's lock.
-SQLITE_TIMEOUT = 60
 
 
 def run_optuna_search(model, train, settings: SearchSettings | None = None, *, enqueue=(), **context) -> SearchResult:
@@ -65,7 +64,7 @@ def run_optuna_search(model, train, settings: SearchSettings | None = None, *, e
             ctx, study_name, sampler, _pruner(opt, settings.epochs), [applied(ctx.defaults, ctx.space), *enqueue]
         )
         try:
-            with timed(ctx):
+            with timed(ctx), lost_server(rdb):
                 finished = _optuna_worker(ctx, study, settings.n_trials)
             rows, params_of = _optuna_rows(ctx, study)
         finally:  # close the database connections this call opened
@@ -212,62 +211,16 @@ def _params_key(params: dict) -> str:
     return config_hash(params, length=12)
 
 
-def _redact(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
-
-def _enable_wal(path: Path) -> None:
-    """Put the SQLite file in WAL mode (persistent): readers never block the writer, writers queue."""
-    import sqlite3
-
-    con = sqlite3.connect(str(path), timeout=SQLITE_TIMEOUT)
-    try:
-        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-    finally:
-        con.close()
-    if str(mode).lower() != "wal":
-        log.warning("%s: SQLite would not switch to WAL mode (%s); parallel workers may wait longer", path, mode)
-
-
 def _open_study(ctx: SearchContext, study_name, sampler, pruner, enqueue):
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
     opt = ctx.settings.optuna
-    sqlite_path = None
-    if opt.storage is None:
-        folder = ctx.store.cache.stage_dir(STAGE)
-        folder.mkdir(parents=True, exist_ok=True)
-        sqlite_path = folder / f"{ctx.key}.db"
-        url = f"sqlite:///{sqlite_path}"
-    else:
-        url = opt.storage
-        if url.startswith("sqlite:///"):
-            sqlite_path = Path(url[len("sqlite:///") :])
-            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    default_file = ctx.store.cache.stage_dir(STAGE) / f"{ctx.key}.db"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        # One process at a time creates the tables and the study (SQLite has no safe concurrent DDL).
-        lock = folder_lock(sqlite_path.parent, "the study set-up", blocking=True) if sqlite_path else _no_lock()
-        with lock:
-            engine_kwargs = {}
-            if sqlite_path is not None:
-                _enable_wal(sqlite_path)
-                engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
-            rdb = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=opt.heartbeat_interval,
-                grace_period=opt.grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=opt.max_retry
-                ),
-            )
+        # checked before any trial; one process at a time creates the tables and the study
+        with open_storage(opt.storage, default_file, opt.heartbeat_interval, opt.grace_period, opt.max_retry) as rdb:
             study = optuna.create_study(
                 study_name=study_name,
                 storage=rdb,
@@ -280,12 +233,6 @@ def _open_study(ctx: SearchContext, study_name, sampler, pruner, enqueue):
             if enqueue and not study.user_attrs.get("carclf_enqueued") and not study.get_trials(deepcopy=False):
                 _enqueue(study, ctx, enqueue)
     return study, rdb
-
-
-def _no_lock():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _claim(study, ctx: SearchContext, study_name):
