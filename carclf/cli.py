@@ -452,7 +452,7 @@ def _models_asked(args):
     if args.command == "train":
         return args.model or list(settings.models)
     if args.command == "search":
-        searched = settings.search.models or settings.models if settings.search.per_model else [settings.search.model]
+        searched = (settings.search.models or settings.models) if settings.search.per_model else [settings.search.model]
         return (args.model or list(searched)) if settings.search.input_size is None else []
     if args.command in ("evaluate", "predict") and args.model:
         return [args.model]

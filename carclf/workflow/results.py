@@ -82,10 +82,11 @@ def _find_run(ws, name, label):
 
     from carclf.workflow.runs import stored_run
 
-    unsearched = SettingsError if label == "optimal" else ()  # a model its profile does not search
+    # not trained yet, or (an optimal run) not searched in this profile
+    missing = (NotComputedError, SettingsError) if label == "optimal" else (NotComputedError,)
     try:
         frame = train_model(ws, name, (label,))
-    except (NotComputedError, unsearched):
+    except missing:
         pass
     else:
         return frame, stored_run(ws, name, label, exact_key=frame["train_key"].iloc[0])[1]
