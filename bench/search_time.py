@@ -20,8 +20,11 @@ it, with
 
 A Keras callback, added by wrapping ``carclf.train.run_model_pipeline`` (``run_trial`` looks it up when
 called), times each epoch's training steps, its validation, and the callbacks at its end (the state
-save). The last epoch is the steady one: its training and validation images/s are this CPU's rates
-(the first epoch also traces the graphs). What the trial took beyond ``epochs`` steady epochs is its
+save). The steady epoch takes each part's fastest time over the epochs (the first epoch also traces the
+graphs; on a shared machine another job can slow any epoch) and the last epoch's end (the end of the
+phase, which always takes the resume state, as every epoch of the full profile's minutes-long epochs
+does): its training and validation images/s are this CPU's rates. What the trial took beyond ``epochs``
+steady epochs is its
 fixed cost: preparing the search, building and compiling the model, tracing, saving it at the end.
 
 From these it projects, on this CPU, the full profile's trial (about 3,258 training and 814 validation
@@ -32,8 +35,10 @@ are simulated here with the real pruner (20-trial studies of random learning cur
 
 On one H100 nothing is measured (bench/RESULTS.md, "GPU: pending"): the projection scales every model's
 compute by ResNet50's speed-up, bench/train_speed.py's target of 2,700 images/s at 224x224 (mixed
-precision), taken at 160x160 by the pixel count, over this CPU's ResNet50 rate at the same size; the
-fixed per-trial cost and the epoch-end callbacks stay as measured here. A projection, not a measurement.
+precision), taken at 160x160 by the pixel count, over this CPU's ResNet50 rate at the same size; no part
+of an epoch runs faster than the trial's generator (``ImageBatches``, one thread, resizing to 160x160 as
+it reads) delivers on this CPU, measured alone; the fixed per-trial cost and the epoch-end callbacks stay
+as measured here. A projection, not a measurement.
 
 Usage::
 
@@ -108,7 +113,10 @@ def parse_args(argv=None):
         "--input-size", type=int, default=None, help="the search's input size (default: the full profile's, 160)"
     )
     parser.add_argument(
-        "--epochs", type=int, default=2, help="epochs of the timed trial; the last one is the steady epoch (default 2)"
+        "--epochs",
+        type=int,
+        default=2,
+        help="epochs of the timed trial (2 or more: one is the first, traced; default 2)",
     )
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the full profile's, 32)")
     parser.add_argument(
@@ -310,7 +318,12 @@ def time_trial(name, split, full, search, training, clock, work):
     if len(clock.epochs) != search.epochs:
         raise RuntimeError(f"{name}: the trial ran {len(clock.epochs)} epochs, not {search.epochs} ({trial})")
     epochs = [clock.epoch(i) for i in range(len(clock.epochs))]
-    steady = epochs[-1]
+    steady = {
+        "train_s": min(e["train_s"] for e in epochs),
+        "val_s": min(e["val_s"] for e in epochs),
+        "end_s": epochs[-1]["end_s"],
+    }
+    steady["epoch_s"] = steady["train_s"] + steady["val_s"] + steady["end_s"]
     row = {
         "model": name,
         "trial_state": trial.get("state"),
@@ -331,6 +344,42 @@ def time_trial(name, split, full, search, training, clock, work):
     row["fixed_s"] = wall - len(epochs) * steady["epoch_s"]
     row["one_epoch_trial_wall_s"] = wall - (len(epochs) - 1) * steady["epoch_s"]
     return row
+
+
+def generator_rates(split, full, search, training, min_s=1.0):
+    """Images/s of the trial's generators alone: ``ImageBatches`` over the search's training view (shuffled)
+    and validation view, built as ``run_trial`` builds them (one thread; each image resized to the search's
+    input size as it is read), the best of passes over them for ``min_s`` seconds after a first one."""
+    from carclf.generators import ImageBatches
+    from carclf.search.objective import prepare
+
+    with tempfile.TemporaryDirectory(prefix="search-time-generator-") as work:
+        from carclf.paths import Store
+
+        fixed, optimizer = fixed_hyperparams(full, "model1")
+        ctx = prepare(
+            "model1",
+            split,
+            search,
+            hyperparams=fixed,
+            training=training,
+            seed=0,
+            store=Store.at(work),
+            optimizer=optimizer,
+        )
+    rates = {}
+    for part, view, shuffle in (("train", ctx.train_view, True), ("val", ctx.val_view, False)):
+        gen = ImageBatches(view, training.batch_size, shuffle=shuffle, seed=0)
+        best, spent, passes = 0.0, 0.0, 0
+        while passes < 2 or spent < min_s:
+            t0 = time.perf_counter()
+            images = sum(len(gen[i][0]) for i in range(len(gen)))
+            took = time.perf_counter() - t0
+            if passes:  # the first pass pages the memmap in
+                best, spent = max(best, images / took), spent + took
+            passes += 1
+        rates[part] = best
+    return rates
 
 
 # --------------------------------------------------------------------------- #
@@ -410,11 +459,17 @@ def hyperband_asymptotic(max_epochs, zero_based):
 # --------------------------------------------------------------------------- #
 
 
-def project(row, full_train, full_val, n_trials, max_epochs, hb_epochs, speedup):
-    """The full profile's trial and search for ``row``'s model, on this CPU and on one H100."""
-    compute = full_train / row["train_images_per_s"] + full_val / row["eval_images_per_s"]
+def project(row, full_train, full_val, n_trials, max_epochs, hb_epochs, speedup, generator):
+    """The full profile's trial and search for ``row``'s model, on this CPU and on one H100.
+
+    On the H100 each part of an epoch takes the longer of the model's compute (this CPU's over ``speedup``)
+    and the generator's delivery at the rate measured here (overlapped: an optimistic assumption)."""
+    train, val = full_train / row["train_images_per_s"], full_val / row["eval_images_per_s"]
+    compute = train + val
     epoch = compute + row["epoch_end_s"]
-    h100_epoch = compute / speedup + row["epoch_end_s"]
+    h100_train = max(train / speedup, full_train / generator["train"])
+    h100_val = max(val / speedup, full_val / generator["val"])
+    h100_epoch = h100_train + h100_val + row["epoch_end_s"]
     fixed = row["fixed_s"]
     return {
         "full_epoch_s": epoch,
@@ -423,9 +478,10 @@ def project(row, full_train, full_val, n_trials, max_epochs, hb_epochs, speedup)
         "search_hyperband_min": n_trials * (fixed + hb_epochs * epoch) / 60,
         "search_no_pruning_min": n_trials * (fixed + max_epochs * epoch) / 60,
         "h100_epoch_s": h100_epoch,
+        "h100_input_bound": full_train / generator["train"] > train / speedup,
         "h100_search_hyperband_min": n_trials * (fixed + hb_epochs * h100_epoch) / 60,
         "h100_search_no_pruning_min": n_trials * (fixed + max_epochs * h100_epoch) / 60,
-        "h100_search_compute_only_hyperband_min": n_trials * hb_epochs * compute / speedup / 60,
+        "h100_search_epochs_only_hyperband_min": n_trials * hb_epochs * h100_epoch / 60,
     }
 
 
@@ -480,16 +536,19 @@ def summary(rows, meta):
         f"projected search of {which} on one H100 (a projection: nothing measured on a GPU): Hyperband "
         f"{_f(total['h100_search_hyperband_min'])} min ({_f(total['h100_search_hyperband_min'] / 60, 2)} h), no "
         f"pruning {_f(total['h100_search_no_pruning_min'])} min "
-        f"({_f(total['h100_search_no_pruning_min'] / 60, 2)} h); compute alone (no fixed per-trial cost), "
-        f"Hyperband: {_f(total['h100_search_compute_only_hyperband_min'])} min; per model (Hyperband / no pruning): "
+        f"({_f(total['h100_search_no_pruning_min'] / 60, 2)} h); the epochs alone (no fixed per-trial cost), "
+        f"Hyperband: {_f(total['h100_search_epochs_only_hyperband_min'])} min; per model (Hyperband / no pruning): "
         + ", ".join(
             f"{r['model']} {r['h100_search_hyperband_min']:.1f} / {r['h100_search_no_pruning_min']:.1f}" for r in done
         ),
         f"H100 assumption: every model's compute runs {_f(meta['speedup'], 0)}x faster than here, ResNet50's "
         f"speed-up ({H100_RESNET50_IMAGES_PER_S:,} images/s at {H100_RESNET50_SIZE}x{H100_RESNET50_SIZE}, "
         f"bench/train_speed.py's target, taken at {meta['input_size']}x{meta['input_size']} by the pixel count: "
-        f"{_f(meta['h100_resnet50_images_per_s'], 0)}; over {meta['cpu_resnet50_source']}); the fixed per-trial "
-        f"cost and the epoch-end callbacks as measured here",
+        f"{_f(meta['h100_resnet50_images_per_s'], 0)}; over {meta['cpu_resnet50_source']}), but no faster than "
+        f"the trial's one-thread generator delivers here ({_f(meta['generator_images_per_s']['train'], 0)} training "
+        f"/ {_f(meta['generator_images_per_s']['val'], 0)} validation images/s; input-bound: "
+        f"{', '.join(r['model'] for r in done if r['h100_input_bound']) or 'none'}); the fixed per-trial cost "
+        f"and the epoch-end callbacks as measured here",
         f"Hyperband (Optuna HyperbandPruner min_resource={HYPERBAND['min_resource']}, max_resource="
         f"{HYPERBAND['max_resource']}, reduction_factor={HYPERBAND['reduction_factor']}): {hb['epochs_per_trial']:.2f} "
         f"epochs per trial ({hb['min']:.2f} to {hb['max']:.2f} over {hb['studies']} simulated {meta['n_trials']}-trial "
@@ -553,6 +612,12 @@ def main(argv=None):
         f"{sampled} classes (a {args.classes}-way head either way)",
         flush=True,
     )
+    generator = generator_rates(split, full, search, training)
+    print(
+        f"# generator: ImageBatches over the trial's views (one thread, resized to {input_size}x{input_size} as "
+        f"read) delivers {generator['train']:,.0f} training / {generator['val']:,.0f} validation images/s",
+        flush=True,
+    )
     t0 = time.perf_counter()
     max_epochs, n_trials = full.search.epochs, full.search.n_trials
     hb = hyperband_epochs(n_trials, max_epochs, args.hyperband_studies, zero_based=True)
@@ -592,6 +657,7 @@ def main(argv=None):
         "hyperband_one_based": hb_one,
         "hyperband_asymptotic": asymptotic,
         "hyperband_settings": HYPERBAND,
+        "generator_images_per_s": generator,
         "shared_machine": True,
         "rows": rows,
     }
@@ -608,12 +674,15 @@ def main(argv=None):
             print(f"# {name}: skipped, past the {args.budget_s:.0f} s budget", flush=True)
             continue
         print(f"# {name} ...", flush=True)
+        load_before = os.getloadavg()[0]
         with tempfile.TemporaryDirectory(prefix=f"search-time-{name}-") as work:
             row = time_trial(name, split, full, search, training, clock, work)
+        row["load_average"] = [load_before, os.getloadavg()[0]]  # 1-minute, before and after (2 cores)
         print(
             f"# {name}: trial {row['trial_wall_s']:.1f} s ({row['trial_state']}), steady epoch "
             f"{row['steady_epoch_s']:.1f} s, {row['train_images_per_s']:.2f} training / "
-            f"{row['eval_images_per_s']:.2f} validation images/s, fixed {row['fixed_s']:.1f} s",
+            f"{row['eval_images_per_s']:.2f} validation images/s, fixed {row['fixed_s']:.1f} s; load average "
+            f"{row['load_average'][0]:.1f} -> {row['load_average'][1]:.1f}",
             flush=True,
         )
         rows.append(row)
@@ -634,7 +703,9 @@ def main(argv=None):
     meta["h100_resnet50_images_per_s"] = H100_RESNET50_IMAGES_PER_S * pixels
     meta["speedup"] = meta["h100_resnet50_images_per_s"] / cpu_resnet
     for row in done:
-        row.update(project(row, full_train, full_val, n_trials, max_epochs, hb["epochs_per_trial"], meta["speedup"]))
+        row.update(
+            project(row, full_train, full_val, n_trials, max_epochs, hb["epochs_per_trial"], meta["speedup"], generator)
+        )
     meta["totals"] = {k: sum(r[k] for r in done) for k in (done[0] if done else {}) if "search_" in k}
 
     print()
