@@ -1,5 +1,5 @@
-"""bench/train_speed.py and bench/epoch_overhead.py at a tiny scale on the CPU: they run, print their
-tables, and need no TensorFlow on JAX (the GPU machine has none)."""
+"""bench/train_speed.py, bench/epoch_overhead.py and bench/search_time.py at a tiny scale on the CPU: they run,
+print their tables, and (the first two) need no TensorFlow on JAX (the GPU machine has none)."""
 
 import importlib.util
 import json
@@ -113,3 +113,42 @@ def test_epoch_overhead_tiny_runs_on_jax_without_tensorflow_and_shows_less_block
         tensors, sizes = projected["tensors"], projected["bytes"]  # the state: the weights and the optimizer's
         assert tensors["state"] > tensors["weights"] > 0 and sizes["state"] > sizes["weights"] > 0
     assert len(results["steps"]) == 3 and all(ms > 0 for _, ms in results["steps"])
+
+
+SEARCH_TIME = SCRIPT.with_name("search_time.py")
+
+
+@pytest.mark.slow
+def test_search_time_tiny_times_one_trial_and_projects_the_search(tmp_path):
+    """One model1 trial through run_search on 12 images of 4 classes at 32 px: the table, the two headline
+    lines, and positive figures in the JSON."""
+    out = tmp_path / "search_time.json"
+    args = ["--models", "model1", "--classes", "4", "--per-class", "6", "--subsample", "12"]
+    args += ["--image-size", "32", "--input-size", "32", "--hyperband-studies", "3"]
+    proc = subprocess.run(
+        [sys.executable, str(SEARCH_TIME), *args, "--root", str(tmp_path / "data"), "--json", str(out)],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+    assert "| model | CPU train images/s | CPU eval images/s | measured trial wall s (12 images, 2 epochs) |" in (
+        proc.stdout
+    )
+    assert any(line.startswith("| model1 | ") for line in proc.stdout.splitlines())
+    assert "trial wall on this CPU" in proc.stdout and "on one H100 (a projection" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["subsample_rows"] == 12 and results["input_size"] == 32 and results["epochs"] == 2
+    assert (results["full_train"], results["full_val"]) == (3258, 814)  # 0.5 of 8,144, a fifth held out
+    assert 1 < results["hyperband"]["epochs_per_trial"] <= 5 and results["hyperband_asymptotic"]["one_based"] == 2.6
+    (row,) = results["rows"]
+    assert row["model"] == "model1" and row["trial_state"] == "complete" and row["epochs"] == 2
+    assert (row["train_images"], row["val_images"]) == (8, 4)
+    for key in ("trial_wall_s", "fixed_s", "train_images_per_s", "eval_images_per_s", "steady_epoch_s"):
+        assert row[key] > 0, key
+    for key in ("full_trial_1_epoch_min", "full_trial_min", "search_hyperband_min", "search_no_pruning_min"):
+        assert row[key] > 0, key
+    assert row["search_hyperband_min"] < row["search_no_pruning_min"]
+    assert 0 < row["h100_search_hyperband_min"] < row["h100_search_no_pruning_min"] < row["search_no_pruning_min"]
+    assert results["speedup"] > 1 and results["totals"]["h100_search_hyperband_min"] > 0
