@@ -126,6 +126,9 @@ def parse_args(argv=None):
         "--root", type=Path, default=None, help="where the synthetic set and its cache go (default data/bench/...)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here (after every model)")
+    parser.add_argument(
+        "--reproject", type=Path, default=None, help="measure nothing: project a saved --json run again"
+    )
     parser.add_argument("--budget-s", type=float, default=None, help="start no new model after this many seconds")
     return parser.parse_args(argv)
 
@@ -387,12 +390,11 @@ def generator_rates(split, full, search, training, min_s=1.0):
 # --------------------------------------------------------------------------- #
 
 
-def hyperband_epochs(n_trials, max_epochs, studies, zero_based, seed=0):
+def hyperband_epochs(n_trials, max_epochs, studies, seed=0):
     """Mean epochs per trial under Optuna's HyperbandPruner (``HYPERBAND``) in ``studies`` studies of
     ``n_trials`` trials, each a random learning curve (a trial's level plus a decaying term and noise).
 
-    ``zero_based``: each epoch is reported at step ``epoch`` (0, 1, ...), as the search's ``OptunaPruning``
-    callback reports it, so a rung at step 1 comes after two epochs; else at the number of epochs done.
+    Each epoch is reported at the number of epochs done (1, 2, ...), as the search's pruning callback does.
     The bracket of a trial depends on the study's name (a CRC of it): the studies are named like the
     search's, ``<model>-<key>``, with random keys.
     """
@@ -414,7 +416,7 @@ def hyperband_epochs(n_trials, max_epochs, studies, zero_based, seed=0):
             for epoch in range(max_epochs):
                 value = level + 1.0 / (epoch + 1) + rng.normal(0.0, 0.02)
                 trial.set_user_attr("epochs", epoch + 1)
-                trial.report(value, epoch if zero_based else epoch + 1)
+                trial.report(value, epoch + 1)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
             return value
@@ -431,7 +433,7 @@ def hyperband_epochs(n_trials, max_epochs, studies, zero_based, seed=0):
     }
 
 
-def hyperband_asymptotic(max_epochs, zero_based):
+def hyperband_asymptotic(max_epochs):
     """Epochs per trial with infinitely many trials: each bracket's successive halving keeps the best
     1/reduction_factor at each rung; the brackets take Optuna's allocation budgets."""
     r, eta, top = HYPERBAND["min_resource"], HYPERBAND["reduction_factor"], HYPERBAND["max_resource"]
@@ -443,7 +445,7 @@ def hyperband_asymptotic(max_epochs, zero_based):
         start = 0
         for rung in range(bracket, 64):
             step = r * eta**rung
-            stop = step + 1 if zero_based else step  # epochs done when the rung is checked
+            stop = step  # epochs done when the rung is checked
             if stop >= max_epochs:
                 break
             epochs += alive * (stop - start)
@@ -552,10 +554,9 @@ def summary(rows, meta):
         f"Hyperband (Optuna HyperbandPruner min_resource={HYPERBAND['min_resource']}, max_resource="
         f"{HYPERBAND['max_resource']}, reduction_factor={HYPERBAND['reduction_factor']}): {hb['epochs_per_trial']:.2f} "
         f"epochs per trial ({hb['min']:.2f} to {hb['max']:.2f} over {hb['studies']} simulated {meta['n_trials']}-trial "
-        f"studies, {100 * hb['pruned_share']:.0f} % of trials pruned) with the epochs reported at 0-based steps as "
-        f"the search's OptunaPruning does; {meta['hyperband_one_based']['epochs_per_trial']:.2f} if reported at the "
-        f"epochs done; with unboundedly many trials {meta['hyperband_asymptotic']['zero_based']:.2f} and "
-        f"{meta['hyperband_asymptotic']['one_based']:.2f}; no pruning: {meta['max_epochs']}",
+        f"studies, {100 * hb['pruned_share']:.0f} % of trials pruned), the epochs reported as epochs done as "
+        f"the search's pruning callback does; with unboundedly many trials {meta['hyperband_asymptotic']:.2f}; "
+        f"no pruning: {meta['max_epochs']}",
     ]
     return lines
 
@@ -565,8 +566,51 @@ def summary(rows, meta):
 # --------------------------------------------------------------------------- #
 
 
+def project_all(rows, meta):
+    """Project every measured row of ``meta`` (``rows``), then print the table and the summary."""
+    done = [r for r in rows if "skipped" not in r]
+    full_train, full_val, n_trials, max_epochs = (meta[k] for k in ("full_train", "full_val", "n_trials", "max_epochs"))
+    input_size, generator, hb = meta["input_size"], meta["generator_images_per_s"], meta["hyperband"]
+    resnet = next((r for r in done if r["model"] == "resnet50"), None)
+    pixels = (H100_RESNET50_SIZE / input_size) ** 2
+    if resnet:
+        cpu_resnet = resnet["train_images_per_s"]
+        meta["cpu_resnet50_source"] = f"this run's ResNet50, {cpu_resnet:.2f} images/s"
+    else:
+        cpu_resnet = CPU_RESNET50_IMAGES_PER_S_224 * pixels
+        meta["cpu_resnet50_source"] = (
+            f"bench/RESULTS.md's ResNet50 on this CPU, {CPU_RESNET50_IMAGES_PER_S_224} images/s at 224x224, "
+            f"by the pixel count {cpu_resnet:.2f} (ResNet50 was not measured in this run)"
+        )
+    meta["h100_resnet50_images_per_s"] = H100_RESNET50_IMAGES_PER_S * pixels
+    meta["speedup"] = meta["h100_resnet50_images_per_s"] / cpu_resnet
+    for row in done:
+        row.update(
+            project(row, full_train, full_val, n_trials, max_epochs, hb["epochs_per_trial"], meta["speedup"], generator)
+        )
+    meta["totals"] = {k: sum(r[k] for r in done) for k in (done[0] if done else {}) if "search_" in k}
+
+    print()
+    print(table(rows, meta))
+    print()
+    for line in summary(rows, meta):
+        print(line)
+
+
+def reproject(path, studies):
+    """The projections of a saved run (``--json``) again, with this script's Hyperband simulation."""
+    meta = json.loads(Path(path).read_text())
+    meta["hyperband"] = hyperband_epochs(meta["n_trials"], meta["max_epochs"], studies)
+    meta["hyperband_asymptotic"] = hyperband_asymptotic(meta["max_epochs"])
+    print(f"# re-projected from {path} (measured {meta['device']}, shared machine: {meta['shared_machine']})")
+    project_all(meta["rows"], meta)
+    return meta
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.reproject:
+        return reproject(args.reproject, args.hyperband_studies)
     started = time.perf_counter()
     import keras
 
@@ -620,17 +664,9 @@ def main(argv=None):
     )
     t0 = time.perf_counter()
     max_epochs, n_trials = full.search.epochs, full.search.n_trials
-    hb = hyperband_epochs(n_trials, max_epochs, args.hyperband_studies, zero_based=True)
-    hb_one = hyperband_epochs(n_trials, max_epochs, args.hyperband_studies, zero_based=False, seed=1)
-    asymptotic = {
-        "zero_based": hyperband_asymptotic(max_epochs, True),
-        "one_based": hyperband_asymptotic(max_epochs, False),
-    }
-    print(
-        f"# Hyperband: {hb['epochs_per_trial']:.2f} epochs per trial (0-based steps), "
-        f"{hb_one['epochs_per_trial']:.2f} (1-based); simulated in {time.perf_counter() - t0:.1f} s",
-        flush=True,
-    )
+    hb = hyperband_epochs(n_trials, max_epochs, args.hyperband_studies)
+    asymptotic = hyperband_asymptotic(max_epochs)
+    print(f"# Hyperband: {hb['epochs_per_trial']:.2f} epochs per trial; simulated in {time.perf_counter() - t0:.1f} s")
 
     rows = []
     meta = {
@@ -654,7 +690,6 @@ def main(argv=None):
         "full_train": full_train,
         "full_val": full_val,
         "hyperband": hb,
-        "hyperband_one_based": hb_one,
         "hyperband_asymptotic": asymptotic,
         "hyperband_settings": HYPERBAND,
         "generator_images_per_s": generator,
@@ -688,31 +723,7 @@ def main(argv=None):
         rows.append(row)
         save()
 
-    done = [r for r in rows if "skipped" not in r]
-    resnet = next((r for r in done if r["model"] == "resnet50"), None)
-    pixels = (H100_RESNET50_SIZE / input_size) ** 2
-    if resnet:
-        cpu_resnet = resnet["train_images_per_s"]
-        meta["cpu_resnet50_source"] = f"this run's ResNet50, {cpu_resnet:.2f} images/s"
-    else:
-        cpu_resnet = CPU_RESNET50_IMAGES_PER_S_224 * pixels
-        meta["cpu_resnet50_source"] = (
-            f"bench/RESULTS.md's ResNet50 on this CPU, {CPU_RESNET50_IMAGES_PER_S_224} images/s at 224x224, "
-            f"by the pixel count {cpu_resnet:.2f} (ResNet50 was not measured in this run)"
-        )
-    meta["h100_resnet50_images_per_s"] = H100_RESNET50_IMAGES_PER_S * pixels
-    meta["speedup"] = meta["h100_resnet50_images_per_s"] / cpu_resnet
-    for row in done:
-        row.update(
-            project(row, full_train, full_val, n_trials, max_epochs, hb["epochs_per_trial"], meta["speedup"], generator)
-        )
-    meta["totals"] = {k: sum(r[k] for r in done) for k in (done[0] if done else {}) if "search_" in k}
-
-    print()
-    print(table(rows, meta))
-    print()
-    for line in summary(rows, meta):
-        print(line)
+    project_all(rows, meta)
     meta["wall_s"] = time.perf_counter() - started
     print(f"total wall time of this benchmark: {meta['wall_s']:.0f} s")
     save()
