@@ -76,7 +76,7 @@ def test_each_model_is_searched_for_itself_and_its_optimal_run_uses_its_own(tmp_
         workflow.train_model(ws, "alexnet", ("optimal",))
 
 
-def test_modern_trials_train_with_the_recipe_and_its_knobs(synthetic_cars32, tmp_path, monkeypatch):
+def test_modern_trials_train_with_the_recipe_and_its_knobs(synthetic_cars32, tmp_path, monkeypatch, caplog):
     """Under the modern recipe a trial trains in two phases (a pretrained base), with warmup and cosine,
     label smoothing and the online crop; those knobs are searched, the defaults are trial one."""
     from carclf.search import objective, run_search
@@ -106,13 +106,14 @@ def test_modern_trials_train_with_the_recipe_and_its_knobs(synthetic_cars32, tmp
         return SimpleNamespace(
             history={"val_accuracy": [0.1 + len(seen) / 100], "val_loss": [2.0], "loss": [2.0]},
             epochs_run=1,
-            wall_min=0.0,
+            wall_min=0.5,
             cpu_min=0.0,
             key=f"fake{len(seen)}",
             resumed_from_epoch=None,
         )
 
     monkeypatch.setattr(T, "run_model_pipeline", fake)
+    caplog.set_level("INFO", logger="carclf.search")
     settings = full.search.override(
         n_trials=2, epochs=1, subsample=None, input_size=None, **{"skopt.n_initial_points": 1}
     )
@@ -134,3 +135,6 @@ def test_modern_trials_train_with_the_recipe_and_its_knobs(synthetic_cars32, tmp
     assert train1.label_smoothing == pytest.approx(row["label_smoothing"])
     assert tuple(crop1[1]["scale"])[0] == pytest.approx(row["crop_scale"])
     assert result.best_trial == 1  # the fake's accuracy rises with each trial
+    # after trial one, what the rest will take at most: 1 trial of 1 epoch at 0.5 min an epoch
+    assert "model1: trial 1 took 0.5 min (0.50 min an epoch); the other 1 trials: at most 0.5 min" in caplog.text
+    assert "model1: trial 0 (the defaults) val_accuracy 0.11, best so far 0.11" in caplog.text

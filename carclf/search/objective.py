@@ -362,7 +362,7 @@ def log_projection(ctx: SearchContext, first: dict, remaining: int) -> None:
     most = per_epoch * ctx.settings.epochs * remaining
     pruned = "" if ctx.backend == "skopt" or not ctx.settings.optuna.pruner else ", less as the pruner stops trials"
     log.info(
-        "%s: trial 1 took %.1f min (%.2f min an epoch); the other %d trials: at most %.0f min%s",
+        "%s: trial 1 took %.1f min (%.2f min an epoch); the other %d trials: at most %.1f min%s",
         ctx.model_name,
         first["wall_min"],
         per_epoch,
