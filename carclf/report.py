@@ -79,6 +79,15 @@ def _history_dict(history) -> dict:
     return dict(history)
 
 
+def _finished(fig, caption, out_path) -> Figure:
+    """``fig`` with how it was made (``caption``) under it, saved to ``out_path`` when given."""
+    if caption:
+        fig.supxlabel(caption, fontsize=8)
+    if out_path is not None:
+        save_figure(fig, out_path)
+    return fig
+
+
 def plot_history(history, model_name: str, out_dir=None, out_path=None, panels=HISTORY_PANELS, caption=None) -> Figure:
     """Training curves of one model: a 2x3 grid, train against validation per metric.
 
@@ -174,11 +183,7 @@ def plot_comparison(table, out_path=None, metrics=COMPARISON_METRICS, models=Non
     if "differs_from_best" in frame.columns:
         title += "\n(* the best run; hatched: not significantly different from it, McNemar's exact test)"
     fig.suptitle(title)
-    if caption:
-        fig.supxlabel(caption, fontsize=8)
-    if out_path is not None:
-        save_figure(fig, out_path)
-    return fig
+    return _finished(fig, caption, out_path)
 
 
 def _comparison_bars(ax, frame, metric, label, models, index, n_labels):
@@ -255,11 +260,7 @@ def plot_confusion(
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or ("Confusion matrix (row-normalised)" if normalize else "Confusion matrix"))
-    if caption:
-        fig.supxlabel(caption, fontsize=8)
-    if out_path is not None:
-        save_figure(fig, out_path)
-    return fig
+    return _finished(fig, caption, out_path)
 
 
 def timing_table(timer) -> pd.DataFrame:
@@ -341,11 +342,7 @@ def _search_grid(results, plot, caption, out_path, height) -> Figure:
         plot(result, ax=ax)
     for ax in axes[len(results) :]:
         ax.set_axis_off()
-    if caption:
-        fig.supxlabel(caption, fontsize=8)
-    if out_path is not None:
-        save_figure(fig, out_path)
-    return fig
+    return _finished(fig, caption, out_path)
 
 
 def plot_searches(results, out_path=None, caption=None) -> Figure:
@@ -383,11 +380,7 @@ def plot_convergence(result, out_path=None, caption=None, ax=None) -> Figure:
     ax.set_title(f"{result.model_name}: {result.backend} search, {result.objective} ({result.direction})")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    if caption:
-        fig.supxlabel(caption, fontsize=8)
-    if out_path is not None:
-        save_figure(fig, out_path)
-    return fig
+    return _finished(fig, caption, out_path)
 
 
 def plot_importance(result, out_path=None, caption=None, ax=None) -> Figure:
@@ -412,11 +405,7 @@ def plot_importance(result, out_path=None, caption=None, ax=None) -> Figure:
         )
         ax.set_axis_off()
     ax.set_title(f"{result.model_name}: hyperparameter importance for {result.objective}")
-    if caption:
-        fig.supxlabel(caption, fontsize=8)
-    if out_path is not None:
-        save_figure(fig, out_path)
-    return fig
+    return _finished(fig, caption, out_path)
 
 
 def plot_augmentations(images, pipeline=None, n_variants=4, seed=0, class_names=None, rows=None):

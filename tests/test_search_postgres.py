@@ -76,6 +76,19 @@ def finished_trials(study):
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
+def search_here(flat, synthetic_cars32, database, n_trials, home):
+    """The search of a worker's settings (``helpers.OPTUNA_*``), run in this process on ``database``."""
+    settings = dict(flat)
+    return helpers.optuna(
+        settings.pop("model"),
+        synthetic_cars32.decoded,
+        n_trials=n_trials,
+        storage=database,
+        **settings,
+        **helpers.where(home),
+    )
+
+
 def param_set(params):
     return tuple(sorted(params.items()))
 
@@ -127,15 +140,7 @@ def test_worker_killed_mid_trial_is_retried_by_another(synthetic_cars32, databas
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
-    settings = dict(helpers.OPTUNA_KILL)
-    result = helpers.optuna(
-        settings.pop("model"),
-        synthetic_cars32.decoded,
-        n_trials=n_trials,
-        storage=database,
-        **settings,
-        **helpers.where(tmp_path),
-    )
+    result = search_here(helpers.OPTUNA_KILL, synthetic_cars32, database, n_trials, tmp_path)
     study = load(database, result.study_name)
     killed = study.trials[0]
     assert killed.state == TrialState.FAIL  # marked failed through the heartbeat
@@ -227,18 +232,10 @@ def test_server_lost_mid_trial_then_the_search_resumes(synthetic_cars32, cluster
     assert "Exception in thread" not in err  # the heartbeat thread logged its failed beats, and lived on
 
     # the server is back: the interrupted trial is still RUNNING until the same search fails it as stale
-    settings = dict(helpers.OPTUNA_LOSE)
     (study_name,) = optuna.get_all_study_names(database)
     interrupted = load(database, study_name).trials[0]
     assert interrupted.state == TrialState.RUNNING
-    result = helpers.optuna(
-        settings.pop("model"),
-        synthetic_cars32.decoded,
-        n_trials=n_trials,
-        storage=database,
-        **settings,
-        **helpers.where(tmp_path),
-    )
+    result = search_here(helpers.OPTUNA_LOSE, synthetic_cars32, database, n_trials, tmp_path)
     study = load(database, result.study_name)
     assert study.trials[0].state == TrialState.FAIL
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
