@@ -376,6 +376,7 @@ def plot_convergence(result, out_path=None, caption=None, ax=None) -> Figure:
         if shown.notna().any():
             ax.plot(stopped["trial"][shown.notna()], shown[shown.notna()], "x", color="C3", label="pruned (last value)")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_ylabel(result.objective)
     ax.set_title(f"{result.model_name}: {result.backend} search, {result.objective} ({result.direction})")
     ax.grid(True, alpha=0.3)
