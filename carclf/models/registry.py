@@ -93,6 +93,13 @@ def model_spec(name) -> ModelSpec:
     return _REGISTRY[check_name(name)]
 
 
+def keeps_pretrained(name, hyperparams) -> bool:
+    """Whether a run of model ``name`` starts from pretrained weights it can keep: a registered base
+    (not a model of its own trunk, model1 or AlexNet) with ``weights`` given. Only such runs train in two
+    phases; a frozen random base would only slow the head down (docs/recipes.md)."""
+    return name in _REGISTRY and _REGISTRY[name].base is not None and hyperparams.get("weights") is not None
+
+
 def is_builder(func) -> bool:
     """Whether ``func`` is a registered ``create_<name>_model``."""
     return any(spec.builder is func for spec in _REGISTRY.values())

@@ -203,10 +203,10 @@ def prepare(
         label_smoothing=training.label_smoothing > 0,
         crop=crops,
     )
-    space, widened = widen(declared, _default_values(declared, run_hp, training, augment, optimizer))
+    defaults = _default_values(declared, run_hp, training, augment, optimizer)
+    space, widened = widen(declared, defaults)  # the same names, so the same defaults
     for name, (old, new) in widened.items():
         log.info("%s: %s widened from %s to %s to hold the default", model_name, name, old, new)
-    defaults = _default_values(space, run_hp, training, augment, optimizer)
     base = {k: v for k, v in run_hp.items() if k not in space}
     split = _training_split(train)
     source = subsample_split(split, settings.subsample, seed) if settings.subsample is not None else split
@@ -247,10 +247,10 @@ def _default_values(space: dict, hyperparams: dict, training: TrainSettings, aug
             value = getattr(augment, name)
         else:
             value = defaults.get(name)
-        if name == "weight_decay" and not value:
-            from carclf.train.optimizers import ADAMW_WEIGHT_DECAY
+        if name == "weight_decay":  # what the optimizer applies (AdamW's own default for none)
+            from carclf.train.optimizers import optimizer_settings
 
-            value = ADAMW_WEIGHT_DECAY if optimizer == "AdamW" else 0.0  # what the optimizer then applies
+            value = optimizer_settings({"optimizer_type": optimizer, "weight_decay": value})["weight_decay"] or 0.0
         if name == "optimizer_type":
             value = optimizer
         out[name] = value
@@ -262,11 +262,13 @@ def _trial_training(settings: SearchSettings, training: TrainSettings, model_nam
     search's epochs and an EarlyStopping on the objective; no LR scheduler and no checkpoint during the
     search. Two phases only where the final run has them (a pretrained base), the head's at most
     ``epochs - 1``."""
+    from carclf.models import keeps_pretrained
+
     mode = "min" if direction(settings.objective) == "minimize" else "max"
     early = EarlyStoppingSettings(
         monitor=settings.objective, mode=mode, patience=settings.patience, restore_best_weights=False
     )
-    two_phase = training.two_phase and settings.epochs >= 2 and _pretrained(model_name, hyperparams)
+    two_phase = training.two_phase and settings.epochs >= 2 and keeps_pretrained(model_name, hyperparams)
     head = training.head_epochs
     if two_phase and head is not None:
         head = min(head, settings.epochs - 1)
@@ -280,15 +282,6 @@ def _trial_training(settings: SearchSettings, training: TrainSettings, model_nam
         evaluate=False,
         callbacks=CallbackSettings(early_stopping=early, reduce_lr=None, checkpoint=None),
     )
-
-
-def _pretrained(model_name, hyperparams) -> bool:
-    """Whether the run starts from pretrained weights it can keep (so trains in two phases)."""
-    from carclf.models import NAMES, model_spec
-
-    if hyperparams.get("weights") is None or model_name not in NAMES:
-        return False
-    return model_spec(model_name).base is not None
 
 
 def _outcome(state, value=None, best_epoch=None, result=None, history=None, error=None, wall_min=None) -> dict:

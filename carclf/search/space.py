@@ -46,15 +46,16 @@ SEARCH_SPACE: dict[str, Any] = {
     "crop_scale": (0.08, 1.0, "uniform"),
 }
 
+#: Searched values that are training settings (:class:`carclf.settings.TrainSettings`) or augmentation
+#: settings (:class:`carclf.settings.AugmentSettings`), not hyperparameters of the model's dict.
+TRAIN_KNOBS = ("label_smoothing", "warmup", "finetune_lr_scale")
+AUGMENT_KNOBS = ("crop_scale",)
+
 #: The report's "Hyper-parameter Search" as it wrote it (``search.ranges="report"``): learning rate 1e-3
 #: to 1e-6, weight decay 1e-4 to 1e-6, dropout 0.1 to 0.5, beta_1 and beta_2 around 0.9 and 0.999, decay
 #: "a small value like 1e-6", momentum and rho around 0.9.
 REPORT_SPACE: dict[str, Any] = {
-    **{
-        k: v
-        for k, v in SEARCH_SPACE.items()
-        if k not in ("label_smoothing", "warmup", "finetune_lr_scale", "crop_scale")
-    },
+    **{k: v for k, v in SEARCH_SPACE.items() if k not in (*TRAIN_KNOBS, *AUGMENT_KNOBS)},
     "weight_decay": (1e-6, 1e-4, "log-uniform"),
 }
 
@@ -67,11 +68,6 @@ OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {
     "momentum": ("SGD",),
     "rho": ("RMSprop",),
 }
-
-#: Searched values that are training settings (:class:`carclf.settings.TrainSettings`) or augmentation
-#: settings (:class:`carclf.settings.AugmentSettings`), not hyperparameters of the model's dict.
-TRAIN_KNOBS = ("label_smoothing", "warmup", "finetune_lr_scale")
-AUGMENT_KNOBS = ("crop_scale",)
 
 
 _PRIORS = ("uniform", "log-uniform")

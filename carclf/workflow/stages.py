@@ -377,11 +377,11 @@ def _settings_for(name, hyperparams, settings):
     """How model ``name`` trains: ``settings``, in one phase when there is nothing pretrained to keep (a model
     of its own trunk, model1 or AlexNet, or a base with ``weights=None``): a frozen random base would only
     slow the head down (docs/recipes.md)."""
-    from carclf.models import model_spec
+    from carclf.models import keeps_pretrained
 
     if settings is None or not settings.two_phase:
         return settings
-    if model_spec(name).base is None or hyperparams.get("weights") is None:
+    if not keeps_pretrained(name, hyperparams):
         log.debug("%s: nothing pretrained to keep, so one phase instead of two", name)
         return replace(settings, two_phase=False)
     return settings
